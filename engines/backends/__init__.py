@@ -1,0 +1,1 @@
+"""Text-encoder backends, one module each, imported only when asked for."""

@@ -1,0 +1,81 @@
+"""The Faust app, built by a factory from one settings object (no module-level singleton)."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from stream.handler import BatchHandler
+from stream.services import Services
+from stream.settings import Settings
+from stream.topics import SESSIONS_TABLE
+
+log = logging.getLogger(__name__)
+
+
+def broker_credentials(settings: Settings) -> Any:
+    import faust
+
+    if settings.security_protocol == "PLAINTEXT":
+        return None
+    ctx = settings.kafka_client_options().get("ssl_context")
+    if settings.security_protocol.startswith("SASL"):
+        return faust.SASLCredentials(username=settings.sasl_username, password=str(settings.sasl_password),
+                                     mechanism=settings.sasl_mechanism, ssl_context=ctx)
+    return faust.SSLCredentials(ctx)
+
+
+def faust_options(settings: Settings) -> dict[str, Any]:
+    return dict(
+        broker=settings.faust_broker,
+        broker_credentials=broker_credentials(settings),
+        store="memory://",                      # state lives in the changelog; recovered at start
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        topic_allow_declare=False,              # ensure_topics() made them, with their partition counts
+        consumer_auto_offset_reset="earliest",
+        processing_guarantee="at_least_once",
+        producer_acks=-1,
+        producer_linger_ms=5,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_rebalance_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
+        broker_commit_every=1000,
+        broker_commit_interval=1.0,
+        stream_wait_empty=False,
+        web_enabled=settings.web_enabled,
+        web_bind=settings.web_host,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        autodiscover=False,
+        key_serializer="raw",                   # shopstream (de)serialises with orjson itself
+        value_serializer="raw",
+        table_cleanup_interval=60.0,
+        logging_config=None,
+    )
+
+
+def create_app(settings: Settings, services: Services) -> Any:
+    """A Faust app whose agent turns events into recommendations with ``services``."""
+    import faust
+
+    app = faust.App(settings.app_id, **faust_options(settings))
+    raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+               partitions=settings.partitions)
+    events = app.topic(settings.events_topic, **raw)
+    recommendations = app.topic(settings.recommendations_topic, **raw)
+    dead_letters = app.topic(settings.dead_letter_topic, **raw)
+    sessions = app.Table(SESSIONS_TABLE, default=None, partitions=settings.partitions,
+                         key_type=bytes, value_type=bytes)
+    handler = BatchHandler(services, sessions=sessions, recommendations_topic=recommendations,
+                           dead_letter_topic=dead_letters, events_topic=events)
+
+    @app.agent(events, name="recommend")
+    async def recommend(stream):  # noqa: ANN001 - faust injects the stream
+        within = settings.batch_wait_ms / 1000.0 or 0.001
+        async for batch in stream.take_events(settings.batch_size, within=within):
+            await handler.handle(batch)
+
+    app.shopstream = {"services": services, "handler": handler, "sessions": sessions,
+                      "topics": {"events": events, "recommendations": recommendations,
+                                 "dead_letters": dead_letters}}
+    return app

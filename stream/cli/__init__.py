@@ -1,0 +1,54 @@
+"""The ``shopstream`` command: one module per subcommand, each a thin wrapper over the library."""
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from stream.errors import ShopstreamError
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from engines.errors import EngineError
+    from index.errors import IndexError_
+
+    return (ShopstreamError, EngineError, IndexError_)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+def cli(log_level: str) -> None:
+    """shopstream: live shopper events in, personalised recommendations out."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _register() -> None:
+    from stream.cli import broker, demo, index_cmd, produce, tail, worker
+
+    for module in (broker, demo, index_cmd, produce, tail, worker):
+        module.register(cli)
+    for name in ("engine", "bench", "evaluate", "train", "replay", "catalog", "forget"):
+        try:
+            module = __import__(f"stream.cli.{name}", fromlist=["register"])
+        except ModuleNotFoundError:
+            continue
+        module.register(cli)
+
+
+def main(argv: list[str] | None = None) -> None:
+    _register()
+    try:
+        cli.main(args=argv, prog_name="shopstream", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("shopstream: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except _user_errors() as exc:
+        click.echo(f"shopstream: error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)

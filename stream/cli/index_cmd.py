@@ -1,0 +1,55 @@
+"""``shopstream index build``: embed a catalogue into a versioned index snapshot."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from stream.cli.options import path_option
+
+
+def build_default_index(settings, catalog: Path | None = None, out: Path | None = None,
+                        progress: bool = True) -> Path:
+    from index import build_index, default_catalog_path, load_catalog, save_snapshot
+    from stream.services import load_text_encoder
+
+    catalog = catalog or default_catalog_path()
+    out = out or settings.resolved_index_path
+    encoder = load_text_encoder(settings)
+    products = load_catalog(catalog)
+    index = build_index(products, encoder.encode, dim=encoder.dim, model_version=encoder.model_version,
+                        progress=progress)
+    return save_snapshot(index, out, source=str(catalog))
+
+
+def register(cli: click.Group) -> None:
+    @cli.group("index")
+    def index_group() -> None:
+        """Build and inspect product index snapshots."""
+
+    @index_group.command("build")
+    @path_option("--catalog", default=None, help="JSONL or CSV catalogue (default: the shipped Online Retail products).")
+    @path_option("--out", default=None, help="Snapshot folder (default: var/index/current).")
+    @click.option("--backend", "encoder_backend", default=None, help="Text encoder backend (default auto).")
+    def build(catalog: Path | None, out: Path | None, encoder_backend: str | None) -> None:
+        """Embed every product and write a snapshot the worker loads."""
+        from index import read_manifest
+        from stream.settings import Settings
+
+        settings = Settings.from_env(encoder_backend=encoder_backend)
+        t0 = time.perf_counter()
+        path = build_default_index(settings, catalog, out)
+        m = read_manifest(path)
+        click.echo(f"index {m['version']}: {m['count']} products, dim {m['dim']}, model {m['model_version']} "
+                   f"-> {path} ({time.perf_counter() - t0:.1f}s)")
+
+    @index_group.command("info")
+    @click.argument("path", type=click.Path(path_type=Path))
+    def info(path: Path) -> None:
+        """Print a snapshot's manifest."""
+        import orjson
+
+        from index import read_manifest
+
+        click.echo(orjson.dumps(read_manifest(path), option=orjson.OPT_INDENT_2).decode())

