@@ -75,6 +75,28 @@ def create_app(settings: Settings, services: Services) -> Any:
         async for batch in stream.take_events(settings.batch_size, within=within):
             await handler.handle(batch)
 
+    def readiness() -> dict[str, Any]:
+        recovery = app.tables.recovery
+        checks = {
+            "model_loaded": True,                     # services are loaded before the app is built
+            "index_loaded": len(services.index.current) > 0,
+            "partitions_assigned": bool(app.consumer.assignment()) if app.consumer else False,
+            "recovery_done": recovery.completed.is_set() and not app.in_recovery,
+            "not_rebalancing": not app.rebalancing,
+        }
+        return checks
+
+    @app.page("/health")
+    async def health(web, request):  # noqa: ANN001
+        return web.json({"status": "ok"})
+
+    @app.page("/ready")
+    async def ready(web, request):  # noqa: ANN001
+        checks = readiness()
+        ok = all(checks.values())
+        return web.json({"ready": ok, **checks, "index_version": services.index.current.version,
+                         "model_version": services.encoder.model_version}, status=200 if ok else 503)
+
     app.shopstream = {"services": services, "handler": handler, "sessions": sessions,
                       "topics": {"events": events, "recommendations": recommendations,
                                  "dead_letters": dead_letters}}

@@ -1,0 +1,58 @@
+"""End to end on a real broker: events of many users, bad ones mixed in, nothing lost."""
+from __future__ import annotations
+
+import random
+
+import orjson
+
+from tests.conftest import run
+from tests.kafka_io import event, keyed, produce_raw, read_topic, recs_of
+
+BAD = [
+    (b"not json at all", "not_json"),
+    (b"[1, 2, 3]", "not_object"),
+    (orjson.dumps({"event_id": "x", "type": "view", "user_id": "u1", "session_id": "s"}), "missing_field"),
+    (orjson.dumps({"event_id": "x", "type": "teleport", "user_id": "u1", "session_id": "s", "ts": 1700000000000}), "unknown_type"),
+    (orjson.dumps({"event_id": "x", "type": "view", "user_id": 5, "session_id": "s", "ts": 1700000000000, "item_id": "a"}), "wrong_type"),
+    (orjson.dumps({"event_id": "x", "type": "view", "user_id": "u1", "session_id": "s", "ts": 1, "item_id": "a"}), "bad_timestamp"),
+    (b'{"event_id": "x", "pad": "' + b"y" * 20000 + b'"}', "oversized"),
+    (orjson.dumps({"event_id": "x", "type": "view", "user_id": "u1", "session_id": "s", "ts": 1700000000000, "item_id": "NOPE"}), "unknown_product"),
+]
+
+
+def test_thousand_events_fifty_users_with_bad_ones(settings_factory, worker_factory, catalog_products):
+    settings = settings_factory()
+    worker_factory(settings)
+    rng = random.Random(3)
+    pids = [p.id for p in catalog_products]
+    users = [f"user-{i}" for i in range(60)]
+    messages, valid_ids, bad_offsets = [], set(), 0
+    for n in range(1100):
+        if n % 40 == 7:
+            raw, _ = BAD[(n // 40) % len(BAD)]
+            messages.append((b"u1", raw))
+            bad_offsets += 1
+            continue
+        user = rng.choice(users)
+        etype = rng.choice(["view", "view", "click", "search", "add_to_cart", "purchase"])
+        ev = event(n, user, etype, item=rng.choice(pids))
+        messages.append(keyed(ev))
+        valid_ids.add(ev["event_id"])
+    run(produce_raw(settings, messages))
+
+    def reflected(msgs):
+        return {e for r in recs_of(msgs) for e in r["event_ids"]}
+
+    recs = run(read_topic(settings, settings.recommendations_topic, until=lambda m: reflected(m) >= valid_ids))
+    dlq = run(read_topic(settings, settings.dead_letter_topic, until=lambda m: len(m) >= bad_offsets, timeout=30))
+    seen = reflected(recs)
+    assert valid_ids - seen == set(), "valid events missing from recommendations"
+    assert seen - valid_ids == set(), "recommendations reflect events that were never sent"
+    assert len(dlq) == bad_offsets
+    reasons = {dict(m.headers)["shopstream.dead-letter.reason"].decode() for m in dlq}
+    assert reasons == {r for _, r in BAD}
+    bad_bytes = {raw for raw, _ in BAD}
+    assert all(m.value in bad_bytes for m in dlq), "dead letters must carry the original bytes"
+    for rec in recs_of(recs):
+        assert len(rec["items"]) == settings.top_k
+        assert rec["index_version"] and rec["model_version"]
