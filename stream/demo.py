@@ -51,6 +51,25 @@ def stop_process(proc: subprocess.Popen | None, timeout: float = 15.0) -> None:
         proc.wait()
 
 
+def wait_ready(port: int, proc: subprocess.Popen | None = None, timeout: float = 90.0,
+               host: str = "127.0.0.1") -> None:
+    """Poll the worker's ``/ready`` until it answers 200 (partitions assigned, tables recovered)."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"worker exited with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://{host}:{port}/ready", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.25)
+    raise TimeoutError(f"worker on port {port} not ready within {timeout:.0f}s")
+
+
 @dataclass
 class DemoStats:
     sent: int = 0

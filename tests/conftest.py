@@ -8,7 +8,6 @@ import asyncio
 import os
 import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -88,25 +87,10 @@ def settings_factory(broker, index_snapshot, tmp_path):
     return make
 
 
-def wait_ready(port: int, proc, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"worker exited with code {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.25)
-    raise TimeoutError(f"worker on port {port} not ready within {timeout}s")
-
-
 @pytest.fixture
 def worker_factory(tmp_path):
     """Start ``shopstream worker`` processes; all are stopped at teardown."""
-    from stream.demo import start_worker_process, stop_process
+    from stream.demo import start_worker_process, stop_process, wait_ready
 
     procs = []
 

@@ -26,7 +26,7 @@ def register(cli: click.Group) -> None:
         """Start broker and worker, replay Online Retail shoppers and WANDS searches, print recommendations."""
         from stream.broker import EmbeddedBroker, free_port
         from stream.cli.index_cmd import build_default_index
-        from stream.demo import run_demo, start_worker_process, stop_process
+        from stream.demo import run_demo, start_worker_process, stop_process, wait_ready
         from stream.settings import Settings
         from stream.topics import ensure_topics
 
@@ -45,7 +45,8 @@ def register(cli: click.Group) -> None:
             log_path = data_dir / "logs" / "worker.log"
             worker = start_worker_process(settings, log_path)
             click.echo(f"worker started (pid {worker.pid}, log {log_path}, "
-                       f"metrics http://{settings.web_host}:{settings.web_port}/metrics)")
+                       f"metrics http://{settings.web_host}:{settings.web_port}/metrics); waiting until ready ...")
+            wait_ready(settings.web_port, worker, timeout=120)
             click.echo(f"replaying real shoppers at {rate:g} events/s; Ctrl-C stops everything\n")
             t0 = time.monotonic()
             stats = asyncio.run(run_demo(settings, rate=rate, limit=limit, bad_share=bad_share, echo=click.echo))
