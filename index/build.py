@@ -8,6 +8,7 @@ import numpy as np
 
 from index.catalog import Product
 from index.item_index import ItemIndex
+from index.kinds import IndexParams, choose_kind
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +27,11 @@ def embed_products(products: Sequence[Product], encode: Encode, *, batch_size: i
 
 
 def build_index(products: Sequence[Product], encode: Encode, *, dim: int, model_version: str,
-                batch_size: int = 256, progress: bool = False) -> ItemIndex:
+                batch_size: int = 256, progress: bool = False, kind: str = "auto",
+                params: IndexParams | None = None) -> ItemIndex:
+    """Embed ``products`` into an index of ``kind`` (``auto``: by catalogue size, see index.kinds)."""
     vectors = embed_products(products, encode, batch_size=batch_size, progress=progress)
-    index = ItemIndex(dim, model_version=model_version)
+    index = ItemIndex(dim, model_version=model_version, kind=choose_kind(kind, len(products)), params=params)
     index.upsert(list(products), vectors)
     log.info("built %s index of %d products", index.kind, len(index))
     return index

@@ -1,4 +1,5 @@
-"""Versioned index snapshots on disk: manifest.json, products.jsonl, vectors.npy.
+"""Versioned index snapshots on disk: manifest.json, products.jsonl, vectors.npy, and for the
+approximate kinds the FAISS structure (structure.faiss) with the slot of every product (slots.npy).
 
 A snapshot is refused on load when it is incomplete, corrupt, or made for another embedding
 dimension or text model; the caller keeps whatever index it already has.
@@ -6,6 +7,7 @@ dimension or text model; the caller keeps whatever index it already has.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import time
@@ -15,41 +17,69 @@ import numpy as np
 import orjson
 
 from index.catalog import Product
-from index.errors import SnapshotError
+from index.errors import CatalogError, SnapshotError
 from index.item_index import ItemIndex
+from index.kinds import KINDS, FaissStructure, IndexParams
 
-FORMAT = 1
+log = logging.getLogger(__name__)
+
+FORMAT = 2
 MANIFEST = "manifest.json"
+STRUCTURE = "structure.faiss"
+DATA_FILES = ("products.jsonl", "vectors.npy", "slots.npy", STRUCTURE)
 
 
 def new_version(products_digest: str) -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + products_digest[:8]
 
 
-def save_snapshot(index: ItemIndex, out_dir: str | Path, *, source: str = "") -> Path:
-    """Write ``index`` atomically to ``out_dir`` (a temp folder renamed into place)."""
+def _digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for name in DATA_FILES:
+        path = folder / name
+        if path.exists():
+            h.update(name.encode() + b"\0")
+            with open(path, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 22), b""):
+                    h.update(chunk)
+    return h.hexdigest()
+
+
+def save_snapshot(index: ItemIndex, out_dir: str | Path, *, source: str = "",
+                  catalog_offsets: dict[str, int] | None = None) -> Path:
+    """Write ``index`` to ``out_dir`` (built in a temp folder, then renamed into place).
+
+    ``catalog_offsets``: {partition: offset} of the catalog topic before which the snapshot already
+    holds every catalogue update; a worker that loads it applies only the updates from there on.
+    """
     out_dir = Path(out_dir)
-    pids = list(index.products)
-    vectors = index.vectors_of(pids) if pids else np.zeros((0, index.dim), np.float32)
-    lines = b"".join(orjson.dumps(index.products[p].to_dict()) + b"\n" for p in pids)
-    digest = hashlib.sha256(lines + vectors.tobytes()).hexdigest()
-    if index.version == "unversioned":
-        index.version = new_version(digest)
+    products, vectors, slots, structure = index.export()
     tmp = out_dir.with_name(out_dir.name + f".tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    (tmp / "products.jsonl").write_bytes(lines)
+    (tmp / "products.jsonl").write_bytes(b"".join(orjson.dumps(p.to_dict()) + b"\n" for p in products))
     np.save(tmp / "vectors.npy", vectors)
+    persisted = structure is not None and structure.persisted
+    if persisted:
+        np.save(tmp / "slots.npy", slots)
+        structure.save(tmp / STRUCTURE)
+    digest = _digest(tmp)
+    if index.version == "unversioned":
+        index.version = new_version(digest)
     manifest = {
-        "format": FORMAT, "version": index.version, "dim": index.dim, "kind": index.kind,
-        "model_version": index.model_version, "count": len(pids), "sha256": digest,
+        "format": FORMAT, "version": index.version, "dim": index.dim, "kind": index.search_kind,
+        "params": index.params.to_dict(), "structure": STRUCTURE if persisted else None,
+        "model_version": index.model_version, "count": len(products), "sha256": digest,
+        "catalog_offsets": {str(k): int(v) for k, v in (catalog_offsets or {}).items()},
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "source": source,
     }
     (tmp / MANIFEST).write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+    old = out_dir.with_name(out_dir.name + f".old-{os.getpid()}")
     if out_dir.exists():
-        shutil.rmtree(out_dir)
+        os.replace(out_dir, old)        # a reader sees the old snapshot, then none, then the new one
     os.replace(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
     return out_dir
 
 
@@ -63,13 +93,24 @@ def read_manifest(path: str | Path) -> dict:
     except orjson.JSONDecodeError as exc:
         raise SnapshotError(f"{path}/{MANIFEST} is corrupt: {exc}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise SnapshotError(f"{path}: unsupported snapshot format {manifest.get('format')!r}")
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        raise SnapshotError(f"{path}: unsupported snapshot format {found!r} (this shopstream reads {FORMAT}); "
+                            "rebuild it with `shopstream index build`")
+    for key in ("version", "dim", "kind", "model_version", "sha256", "count"):
+        if key not in manifest:
+            raise SnapshotError(f"{path}/{MANIFEST} lacks {key!r}")
+    if manifest["kind"] not in KINDS:
+        raise SnapshotError(f"{path}: unknown index kind {manifest['kind']!r}")
     return manifest
 
 
-def load_snapshot(path: str | Path, *, dim: int | None = None,
-                  model_version: str | None = None) -> ItemIndex:
-    """Load and verify a snapshot. ``dim`` / ``model_version``, when given, must match."""
+def load_snapshot(path: str | Path, *, dim: int | None = None, model_version: str | None = None,
+                  device: str = "cpu") -> ItemIndex:
+    """Load and verify a snapshot. ``dim`` / ``model_version``, when given, must match.
+
+    ``device`` is ``cpu``, ``auto`` or ``cuda`` (:func:`index.gpu.choose_device`); on a GPU the
+    snapshot's vectors are searched exactly and a stored structure is not read.
+    """
     path = Path(path)
     m = read_manifest(path)
     if dim is not None and m["dim"] != dim:
@@ -78,16 +119,39 @@ def load_snapshot(path: str | Path, *, dim: int | None = None,
         raise SnapshotError(f"{path}: snapshot was built with model {m['model_version']}, "
                             f"the worker runs {model_version}")
     try:
+        actual = _digest(path)
+    except OSError as exc:
+        raise SnapshotError(f"{path}: cannot read snapshot data: {exc}") from None
+    if actual != m["sha256"]:
+        raise SnapshotError(f"{path}: checksum mismatch, the snapshot is corrupt or incomplete")
+    try:
         lines = (path / "products.jsonl").read_bytes()
         vectors = np.load(path / "vectors.npy", allow_pickle=False)
-    except (OSError, ValueError) as exc:
+        products = [Product.from_mapping(orjson.loads(line)) for line in lines.splitlines() if line]
+    except (OSError, ValueError, CatalogError) as exc:
         raise SnapshotError(f"{path}: cannot read snapshot data: {exc}") from None
-    if hashlib.sha256(lines + np.ascontiguousarray(vectors).tobytes()).hexdigest() != m["sha256"]:
-        raise SnapshotError(f"{path}: checksum mismatch, the snapshot is corrupt")
-    products = [Product.from_mapping(orjson.loads(line)) for line in lines.splitlines() if line]
-    if vectors.shape != (len(products), m["dim"]):
+    if vectors.shape != (len(products), m["dim"]) or len(products) != m["count"]:
         raise SnapshotError(f"{path}: {len(products)} products but vectors of shape {vectors.shape}")
-    index = ItemIndex(m["dim"], model_version=m["model_version"], version=m["version"])
-    if products:
-        index.upsert(products, vectors)
+    params = IndexParams.from_dict(m.get("params"))
+    common = dict(dim=m["dim"], model_version=m["model_version"], version=m["version"])
+    if device != "cpu":
+        from index.gpu import choose_device
+
+        device = choose_device(device)
+    if m.get("structure") and device == "cpu":
+        structure = FaissStructure.load(path / m["structure"], m["kind"], m["dim"], params)
+        try:
+            slots = np.load(path / "slots.npy", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise SnapshotError(f"{path}: cannot read slots.npy: {exc}") from None
+        if slots.shape != (len(products),) or (len(slots) and (slots.min() < 0 or slots.max() >= structure.ntotal)) \
+                or len(np.unique(slots)) != len(slots):
+            raise SnapshotError(f"{path}: slots.npy does not match the {m['kind']} structure")
+        index = ItemIndex.restore(products, slots, structure, kind=m["kind"], params=params, **common)
+    else:
+        index = ItemIndex(kind=m["kind"], params=params, device=device, **common)
+        if products:
+            index.upsert(products, vectors)
+    log.info("loaded snapshot %s: %d products, %s index on %s", m["version"], len(index),
+             index.search_kind, index.device)
     return index
