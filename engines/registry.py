@@ -12,22 +12,36 @@ log = logging.getLogger(__name__)
 
 BACKENDS: dict[str, str] = {
     "torch": "engines.backends.torch_cpu:TorchTextEncoder",
+    "torch-cuda": "engines.backends.torch_cuda:TorchCudaTextEncoder",
+    "onnxruntime": "engines.backends.onnxruntime_cpu:OnnxRuntimeTextEncoder",
+    "tensorrt": "engines.backends.tensorrt:TensorRTTextEncoder",
 }
+ALIASES: dict[str, str] = {"onnxruntime-cpu": "onnxruntime", "torch-cpu": "torch"}
 
 
 def backend_class(name: str) -> type:
     try:
-        target = BACKENDS[name]
+        target = BACKENDS[ALIASES.get(name, name)]
     except KeyError:
-        valid = ", ".join(sorted([*BACKENDS, "auto"]))
+        valid = ", ".join(sorted([*BACKENDS, *ALIASES, "auto"]))
         raise UnknownBackendError(f"unknown backend {name!r}; choose one of: {valid}") from None
     module, _, attr = target.partition(":")
     return getattr(importlib.import_module(module), attr)
 
 
 def create_text_encoder(backend: str = "auto", **options: Any) -> TextEncoder:
-    """Make (but do not load) a text encoder. ``auto`` picks the fastest this machine can run."""
+    """Make (but do not load) a text encoder. ``auto`` picks the fastest this machine can run.
+
+    ``options`` go to the backend: ``model_dir`` (weights folder), ``artifact`` (a folder written
+    by ``shopstream engine build``), and backend-specific ones (``threads``, ``precision``, ...).
+    """
     if backend == "auto":
-        backend = "torch"
-        log.info("text encoder backend: %s", backend)
+        from engines.select import choose_backend
+
+        choice = choose_backend(options.get("artifact"))
+        log.info("%s", choice.describe())
+        backend = choice.backend
+        options = {**options, "artifact": choice.artifact}
+        if backend in ("onnxruntime", "tensorrt"):
+            options.pop("model_dir", None)
     return backend_class(backend)(**options)

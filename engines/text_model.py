@@ -25,12 +25,17 @@ class PooledEncoder(nn.Module):
         return nn.functional.normalize(pooled, p=2.0, dim=1)
 
 
-def load_pooled_encoder(model_dir: str | Path, dtype: torch.dtype = torch.float32) -> PooledEncoder:
-    """Load the transformers BERT model from a local folder (never from a hub)."""
+def load_pooled_encoder(model_dir: str | Path, dtype: torch.dtype = torch.float32,
+                        attention: str = "eager") -> PooledEncoder:
+    """Load the transformers BERT model from a local folder (never from a hub).
+
+    ``attention`` is transformers' ``attn_implementation``: "eager" exports cleanly to ONNX and is
+    the CPU reference; "sdpa" uses PyTorch's fused attention kernels on the GPU.
+    """
     from transformers import AutoModel
 
-    bert = AutoModel.from_pretrained(str(model_dir), local_files_only=True, torch_dtype=dtype,
-                                     attn_implementation="eager")
+    bert = AutoModel.from_pretrained(str(model_dir), local_files_only=True, dtype=dtype,
+                                     attn_implementation=attention)
     model = PooledEncoder(bert)
     model.eval()
     return model

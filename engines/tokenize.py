@@ -1,14 +1,16 @@
 """Batched tokenisation with padding to fixed length buckets.
 
 Padding to a small set of lengths keeps compiled engines (CUDA graphs, TensorRT profiles) to a
-few shapes and makes tokenisation cost measurable on its own.
+few shapes and makes tokenisation cost measurable on its own. :func:`encode_texts` sorts a call's
+texts by token count before cutting them into batches, so short queries are not padded to the
+length of the longest title in the call.
 """
 from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -47,14 +49,37 @@ class Tokenizer:
         i = bisect.bisect_left(self.buckets, length)
         return self.buckets[min(i, len(self.buckets) - 1)]
 
-    def __call__(self, texts: Sequence[str], length: int | None = None) -> TokenBatch:
-        encs = self._tokenizer().encode_batch(list(texts))
-        longest = max((len(e.ids) for e in encs), default=1)
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text ([CLS] ... [SEP]), truncated to the largest bucket, unpadded."""
+        return [e.ids for e in self._tokenizer().encode_batch(list(texts))]
+
+    def pad(self, ids: Sequence[Sequence[int]], length: int | None = None) -> TokenBatch:
+        """Pad (or truncate) to ``length``, by default the smallest bucket that fits the longest."""
+        longest = max((len(x) for x in ids), default=1)
         width = length or self.bucket_for(longest)
-        ids = np.zeros((len(encs), width), dtype=np.int64)
-        mask = np.zeros((len(encs), width), dtype=np.int64)
-        for i, e in enumerate(encs):
-            n = min(len(e.ids), width)
-            ids[i, :n] = e.ids[:n]
+        out_ids = np.zeros((len(ids), width), dtype=np.int64)
+        mask = np.zeros((len(ids), width), dtype=np.int64)
+        for i, row in enumerate(ids):
+            n = min(len(row), width)
+            out_ids[i, :n] = row[:n]
             mask[i, :n] = 1
-        return TokenBatch(ids, mask)
+        return TokenBatch(out_ids, mask)
+
+    def __call__(self, texts: Sequence[str], length: int | None = None) -> TokenBatch:
+        return self.pad(self.token_ids(texts), length)
+
+
+def encode_texts(tokenizer: Tokenizer, texts: Sequence[str], max_batch: int, dim: int,
+                 run: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+    """Tokenise ``texts`` once, run them through ``run(ids, mask)`` in length-sorted batches of at
+    most ``max_batch``, and return the ``(len(texts), dim)`` float32 rows in input order."""
+    if len(texts) == 0:
+        return np.zeros((0, dim), dtype=np.float32)
+    ids = tokenizer.token_ids(texts)
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out = np.empty((len(ids), dim), dtype=np.float32)
+    for start in range(0, len(order), max_batch):
+        part = order[start:start + max_batch]
+        batch = tokenizer.pad([ids[i] for i in part])
+        out[part] = run(batch.input_ids, batch.attention_mask)
+    return out

@@ -6,20 +6,23 @@ from typing import Sequence
 
 import numpy as np
 
+from engines.errors import ArtifactError
 from engines.model import TEXT_DIM, model_version, resolve_model_dir
-from engines.tokenize import Tokenizer
+from engines.tokenize import Tokenizer, encode_texts
 
 
 class TorchTextEncoder:
     name = "torch"
 
-    def __init__(self, model_dir: str | Path | None = None, *, threads: int | None = None,
-                 max_batch: int = 256) -> None:
+    def __init__(self, model_dir: str | Path | None = None, *, artifact: str | Path | None = None,
+                 threads: int | None = None, max_batch: int = 256) -> None:
         self.model_dir = model_dir
+        self.artifact = Path(artifact) if artifact else None
         self.threads = threads
         self.max_batch = max_batch
         self.dim = TEXT_DIM
         self.model_version = ""
+        self.precision = "fp32"
         self._model = None
         self.tokenizer: Tokenizer | None = None
 
@@ -29,11 +32,19 @@ class TorchTextEncoder:
         from engines.text_model import load_pooled_encoder
 
         model_dir = resolve_model_dir(self.model_dir)
+        version = model_version(model_dir)
+        if self.artifact is not None:
+            from engines.artifact import load_artifact
+
+            manifest = load_artifact(self.artifact, self.name)
+            if manifest.model_version != version:
+                raise ArtifactError(f"{self.artifact} was built for {manifest.model_version}, "
+                                    f"the weights in {model_dir} are {version}")
         if self.threads:
             torch.set_num_threads(self.threads)
         self._model = load_pooled_encoder(model_dir)
         self.tokenizer = Tokenizer(model_dir)
-        self.model_version = model_version(model_dir)
+        self.model_version = version
         return self
 
     def encode_tokens(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
@@ -46,13 +57,7 @@ class TorchTextEncoder:
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if self._model is None:
             raise RuntimeError("call load() before encode()")
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        parts = []
-        for i in range(0, len(texts), self.max_batch):
-            batch = self.tokenizer(texts[i:i + self.max_batch])
-            parts.append(self.encode_tokens(batch.input_ids, batch.attention_mask))
-        return np.concatenate(parts)
+        return encode_texts(self.tokenizer, texts, self.max_batch, self.dim, self.encode_tokens)
 
     def close(self) -> None:
         self._model = None
