@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from stream.catalog import start_catalog_sync
 from stream.handler import BatchHandler
 from stream.services import Services
 from stream.settings import Settings
@@ -68,6 +69,11 @@ def create_app(settings: Settings, services: Services) -> Any:
                          key_type=bytes, value_type=bytes)
     handler = BatchHandler(services, sessions=sessions, recommendations_topic=recommendations,
                            dead_letter_topic=dead_letters, events_topic=events)
+    catalog = start_catalog_sync(app, services, settings)     # every worker applies every catalogue update
+    if settings.pseudonymise_key:
+        from stream.privacy import pseudonymiser
+
+        handler.pseudonymise = pseudonymiser(str(settings.pseudonymise_key))
 
     @app.agent(events, name="recommend")
     async def recommend(stream):  # noqa: ANN001 - faust injects the stream
@@ -83,8 +89,17 @@ def create_app(settings: Settings, services: Services) -> Any:
             "partitions_assigned": bool(app.consumer.assignment()) if app.consumer else False,
             "recovery_done": recovery.completed.is_set() and not app.in_recovery,
             "not_rebalancing": not app.rebalancing,
+            "catalog_synced": catalog.caught_up,
         }
         return checks
+
+    @app.page("/metrics")
+    async def metrics(web, request):  # noqa: ANN001
+        exported = services.metrics.exposition()
+        if exported is None:
+            return web.json({"error": "metrics disabled: pip install 'shopstream[metrics]'"}, status=404)
+        body, content_type = exported
+        return web.bytes(body, content_type=content_type)
 
     @app.page("/health")
     async def health(web, request):  # noqa: ANN001
@@ -96,6 +111,13 @@ def create_app(settings: Settings, services: Services) -> Any:
         ok = all(checks.values())
         return web.json({"ready": ok, **checks, "index_version": services.index.current.version,
                          "model_version": services.encoder.model_version}, status=200 if ok else 503)
+
+    def consumer_lag() -> dict:
+        from stream.prometheus import faust_consumer_lag
+
+        return faust_consumer_lag(app, settings.events_topic) if app.consumer else {}
+
+    services.metrics.watch_lag(consumer_lag)
 
     app.shopstream = {"services": services, "handler": handler, "sessions": sessions,
                       "topics": {"events": events, "recommendations": recommendations,

@@ -4,6 +4,8 @@
 """
 from __future__ import annotations
 
+from typing import Callable, Mapping
+
 
 class Metrics:
     def on_event_in(self, event_type: str) -> None: ...
@@ -23,3 +25,10 @@ class Metrics:
     def set_index(self, version: str, size: int) -> None: ...
 
     def set_model(self, version: str) -> None: ...
+
+    def watch_lag(self, source: Callable[[], Mapping[tuple[str, int], int]]) -> None:
+        """Register where consumer lag per (topic, partition) is read from when scraped."""
+
+    def exposition(self) -> tuple[bytes, str] | None:
+        """The metrics as (body, content type) for ``/metrics``; None when nothing is exported."""
+        return None

@@ -69,6 +69,7 @@ class Settings:
     web_enabled: bool = True
     pseudonymise_key: Secret = Secret("")    # when set, user ids are replaced by a keyed hash
     log_level: str = "INFO"
+    log_format: str = "text"                 # text | json (one JSON object per line)
 
     # ---------------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -91,6 +92,8 @@ class Settings:
             bad(f"search_blend must be between 0 and 1, got {self.search_blend}")
         if self.session_ttl_s <= 0:
             bad("session_ttl_s must be positive")
+        if self.log_format not in ("text", "json"):
+            bad(f"log_format must be text or json, got {self.log_format!r}")
         if not 0 < self.web_port < 65536:
             bad(f"web_port must be a TCP port, got {self.web_port}")
 

@@ -13,11 +13,14 @@ def run_worker(settings: Settings) -> None:
     from faust.worker import Worker
 
     from stream.app import create_app
+    from stream.logs import worker_logging_config
+    from stream.prometheus import create_metrics
     from stream.services import load_services
     from stream.topics import ensure_topics
 
     asyncio.run(ensure_topics(settings))
-    services = load_services(settings)
+    services = load_services(settings, metrics=create_metrics())
     app = create_app(settings, services)
-    worker = Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    worker = Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False,
+                    logging_config=worker_logging_config(settings.log_level, settings.log_format))
     worker.execute_from_commandline()

@@ -1,7 +1,6 @@
 """The ``shopstream`` command: one module per subcommand, each a thin wrapper over the library."""
 from __future__ import annotations
 
-import logging
 import sys
 
 import click
@@ -19,9 +18,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
-def cli(log_level: str) -> None:
+@click.option("--log-format", envvar="SHOPSTREAM_LOG_FORMAT", default="text", show_default=True,
+              type=click.Choice(["text", "json"], case_sensitive=False), help="json: one object per line.")
+def cli(log_level: str, log_format: str) -> None:
     """shopstream: live shopper events in, personalised recommendations out."""
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from stream.logs import configure_logging
+
+    configure_logging(log_level, log_format)
 
 
 def _register() -> None:
