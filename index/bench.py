@@ -215,6 +215,13 @@ def run_gpu_bench(*, items: int, dim: int = 384, queries: int = 1000, k: int = 1
         return float(np.median(times))
 
     b1_ms = timed(lambda i: structure.search_tensor(qh[i % queries:i % queries + 1], k), reps)
+    one_stage_ms = timed(lambda i: structure.search_tensor(qh[i % queries:i % queries + 1], k,
+                                                           blocked=False), reps)
+    two_stage_ms = timed(lambda i: structure.search_tensor(qh[i % queries:i % queries + 1], k,
+                                                           blocked=True), reps)
+    _, found2 = structure.search_tensor(qh, k, blocked=True)
+    _, found1 = structure.search_tensor(qh, k, blocked=False)
+    agree = float((torch.sort(found1, 1).values == torch.sort(found2, 1).values).float().mean())
     mv_ms = timed(lambda i: torch.mv(structure._gpu[:items], qh[i % queries]), reps)
     b64_ms = timed(lambda i: structure.search_tensor(qh[(i * 64) % (queries - 64):][:64], k), reps // 2)
     host_q = qs.float().cpu().numpy()
@@ -233,7 +240,7 @@ def run_gpu_bench(*, items: int, dim: int = 384, queries: int = 1000, k: int = 1
     nominal_bound_ms = matrix_bytes / 3e12 * 1e3
 
     # live updates through ItemIndex on the GPU (host copy kept for exact vectors_of)
-    upserts = deletes = None
+    upserts = deletes = ii_recall = None
     if items <= 2_000_000:
         index = ItemIndex(dim, model_version="synthetic", kind="flat", device="cuda")
         base = structure._gpu[:items].float().cpu().numpy()
@@ -241,6 +248,8 @@ def run_gpu_bench(*, items: int, dim: int = 384, queries: int = 1000, k: int = 1
         del base
         extra = make(updates).cpu().numpy()
         new = [Product(f"n{i}", f"new {i}") for i in range(updates)]
+        rows = index.search(host_q[:100], k)
+        ii_recall = recall_at([[int(c.product_id[1:]) for c in r] for r in rows], truth_i[:100].cpu().numpy(), k)
         t0 = time.perf_counter()
         for lo in range(0, updates, 100):
             index.upsert(new[lo:lo + 100], extra[lo:lo + 100])
@@ -255,7 +264,9 @@ def run_gpu_bench(*, items: int, dim: int = 384, queries: int = 1000, k: int = 1
         "gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "k": k, "queries": queries,
         "build_s": round(build_s, 3), f"recall_at_{k}": round(recall, 4),
         "batch1_ms": round(b1_ms, 4), "qps_batch1": round(1e3 / b1_ms, 1),
-        "gemv_only_ms": round(mv_ms, 4),
+        "gemv_only_ms": round(mv_ms, 4), "one_stage_topk_b1_ms": round(one_stage_ms, 4),
+        "block_topk_b1_ms": round(two_stage_ms, 4), "block_topk_agrees": round(agree, 4),
+        "itemindex_recall_at_10": ii_recall,
         "batch64_ms": round(b64_ms, 4), "qps_batch64": round(64e3 / b64_ms, 1),
         "host_batch1_ms": round(host_b1_ms, 4),
         "matrix_mb": round(matrix_bytes / 1e6, 1), "measured_bandwidth_tb_s": round(bw / 1e12, 3),
