@@ -142,7 +142,7 @@ def run_e2e_bench(*, n_events: int, rate: float | None, users: int = 0, bad_shar
                   data_dir: Path | None = None) -> dict:
     from index import load_snapshot
     from stream.broker import EmbeddedBroker, free_port
-    from stream.cli.index_cmd import build_default_index
+    from stream.bootstrap import prepare_local
     from stream.demo import start_worker_process, stop_process, wait_ready
     from stream.services import load_text_encoder
     from stream.topics import ensure_topics
@@ -159,8 +159,7 @@ def run_e2e_bench(*, n_events: int, rate: float | None, users: int = 0, bad_shar
                                      app_id=f"bench-{run_id}", events_topic=f"bench-events-{run_id}",
                                      recommendations_topic=f"bench-recs-{run_id}",
                                      dead_letter_topic=f"bench-dlq-{run_id}", web_port=free_port())
-        if not (settings.resolved_index_path / "manifest.json").exists():
-            build_default_index(settings, progress=progress)
+        settings = prepare_local(settings)
         index = load_snapshot(settings.resolved_index_path)
         encoder = load_text_encoder(settings)
         events = scripted_events(n_events, index, encoder, bad_share, run_id)
@@ -173,7 +172,7 @@ def run_e2e_bench(*, n_events: int, rate: float | None, users: int = 0, bad_shar
             "SHOPSTREAM_DEAD_LETTER_TOPIC": settings.dead_letter_topic})
         wait_ready(settings.web_port, worker, timeout=120)
         result = asyncio.run(_drive(settings, events, rate, progress))
-        result.update(machine=_machine(), partitions=partitions, index_products=len(index),
+        result.update(machine=_machine(), encoder_artifact=str(settings.encoder_artifact or ""), partitions=partitions, index_products=len(index),
                       batch_size=settings.batch_size, batch_wait_ms=settings.batch_wait_ms,
                       broker="embedded tansu" if embedded else broker)
         return result

@@ -30,6 +30,8 @@ def start_worker_process(settings: Settings, log_path: Path, extra_env: dict | N
                SHOPSTREAM_DATA_DIR=str(settings.data_dir), PYTHONUNBUFFERED="1", **(extra_env or {}))
     if settings.index_path:
         env["SHOPSTREAM_INDEX_PATH"] = str(settings.index_path)
+    if settings.encoder_artifact:
+        env["SHOPSTREAM_ENCODER_ARTIFACT"] = str(settings.encoder_artifact)
     fh = open(log_path, "ab")
     try:
         return subprocess.Popen([sys.executable, "-m", "stream", "worker", *(args or [])], stdout=fh,

@@ -25,7 +25,7 @@ def register(cli: click.Group) -> None:
              web_port: int | None) -> None:
         """Start broker and worker, replay Online Retail shoppers and WANDS searches, print recommendations."""
         from stream.broker import EmbeddedBroker, free_port
-        from stream.cli.index_cmd import build_default_index
+        from stream.bootstrap import prepare_local
         from stream.demo import run_demo, start_worker_process, stop_process, wait_ready
         from stream.settings import Settings
         from stream.topics import ensure_topics
@@ -38,9 +38,7 @@ def register(cli: click.Group) -> None:
                 broker = embedded.bootstrap
                 click.echo(f"embedded broker (tansu) on {broker}")
             settings = Settings.from_env(broker=broker, data_dir=data_dir, web_port=web_port or free_port())
-            if not (settings.resolved_index_path / "manifest.json").exists():
-                click.echo("building the product index from the shipped Online Retail catalogue ...")
-                build_default_index(settings)
+            settings = prepare_local(settings, echo=click.echo)
             asyncio.run(ensure_topics(settings))
             log_path = data_dir / "logs" / "worker.log"
             worker = start_worker_process(settings, log_path)
