@@ -191,10 +191,14 @@ def _load_for_bench(backend: str, precision: str, model_dir, artifacts_dir, thre
 
         if artifacts_dir is None:
             raise ValueError("artifacts_dir is needed to benchmark compiled engines")
+        from engines.model import model_version, resolve_model_dir
+
         folder = artifacts_dir / f"{backend}-{precision}"
         try:
-            read_manifest(folder)
+            fresh = read_manifest(folder).model_version == model_version(resolve_model_dir(model_dir))
         except ArtifactError:
+            fresh = False
+        if not fresh:
             build_engine(backend, folder, precision=precision, model_dir=model_dir, parity_texts=128)
         options["artifact"] = folder
     elif backend == "torch-cuda":
@@ -212,4 +216,30 @@ def format_table(result: dict[str, Any]) -> str:
                      f"{r['seq_per_s']:>10.1f} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {r['calls']:>6}")
     for s in result["skipped"]:
         lines.append(f"skipped {s['backend']} {s['precision']}: {s['reason']}")
+    for name, c in result.get("query_cache", {}).items():
+        lines.append(f"query cache on {name}: {c['queries']} queries, {c['distinct']} distinct, "
+                     f"hit rate {c['hit_rate']:.3f}")
+    m = result.get("machine", {})
+    lines.append(f"machine: {m.get('cpus')} CPUs, load average {m.get('load_avg')}, torch {m.get('torch')}"
+                 + (f", GPU {m['gpu']}" if m.get("gpu") else ""))
     return "\n".join(lines)
+
+
+def query_cache_hit_rates(streams: dict[str, Sequence[str]], *, encoder=None, capacity: int = 50_000,
+                          call_size: int = 64) -> dict[str, dict[str, float]]:
+    """Replay each stream of search queries through a fresh :class:`QueryEmbeddingCache`, in calls
+    of ``call_size`` queries (one worker micro-batch each), and report the hit rate."""
+    from engines.query_cache import QueryEmbeddingCache
+
+    if encoder is None:
+        from engines.backends.torch_cpu import TorchTextEncoder
+
+        encoder = TorchTextEncoder().load()
+    out = {}
+    for name, queries in streams.items():
+        cache = QueryEmbeddingCache(encoder, capacity)
+        for i in range(0, len(queries), call_size):
+            cache.encode(queries[i:i + call_size])
+        out[name] = {"queries": len(queries), "distinct": len({cache.normalise(q) for q in queries}),
+                     "hits": cache.hits, "misses": cache.misses, "hit_rate": cache.hit_rate}
+    return out

@@ -1,6 +1,8 @@
 """``shopstream bench ...``: benchmarks are commands that print numbers (``--json`` for machines)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 import orjson
 
@@ -35,3 +37,31 @@ def register(cli: click.Group) -> None:
         result = run_e2e_bench(n_events=n_events, rate=rate, users=users, bad_share=bad_share,
                                partitions=partitions, broker=broker, progress=not as_json)
         emit(result, as_json, render)
+
+    @bench.command("encoder")
+    @click.option("--backend", "backends", multiple=True,
+                  help="Only these backends (repeatable; default: every one this machine runs).")
+    @click.option("--batch", "batches", multiple=True, type=click.IntRange(min=1),
+                  help="Batch sizes (default 1, 8, 64, 256).")
+    @click.option("--length", "lengths", multiple=True, type=click.IntRange(min=1, max=128),
+                  help="Sequence lengths in tokens (default 16, 64).")
+    @click.option("--min-time", type=click.FloatRange(min=0.05), default=1.0, show_default=True,
+                  help="Seconds of timed calls per configuration.")
+    @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: all).")
+    @click.option("--artifacts", type=click.Path(path_type=Path), default=Path("var/bench/engines"),
+                  show_default=True, help="Where missing ONNX Runtime artifacts are built for the run.")
+    @click.option("--json", "as_json", is_flag=True)
+    def encoder(backends, batches, lengths, min_time, threads, artifacts, as_json) -> None:
+        """Each backend x precision x batch x length: seq/s, p50/p99, with and without tokenising."""
+        import itertools
+
+        from engines.bench import BATCHES, LENGTHS, format_table, query_cache_hit_rates, run_encoder_bench
+        from stream.datasets import wands_queries
+        from stream.replay_data import shopper_events
+
+        result = run_encoder_bench(backends or None, artifacts_dir=artifacts, batches=batches or BATCHES,
+                                   lengths=lengths or LENGTHS, min_time_s=min_time, threads=threads)
+        demo = [e.query for e in itertools.islice(shopper_events(), 50_000) if e.query]
+        result["query_cache"] = query_cache_hit_rates({"wands (each query once)": wands_queries(),
+                                                       "demo stream (50k events)": demo})
+        emit(result, as_json, lambda r: click.echo(format_table(r)))

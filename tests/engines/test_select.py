@@ -1,0 +1,58 @@
+"""`--backend auto` on this CPU machine, and the errors for unknown or missing backends."""
+from __future__ import annotations
+
+import logging
+import sys
+
+import pytest
+
+from engines import MissingExtraError, UnknownBackendError, choose_backend, create_text_encoder
+
+from engines.backends.torch_cuda import cuda_available
+
+cpu_only = pytest.mark.skipif(cuda_available(), reason="checks the choice on a machine without a GPU")
+
+
+@cpu_only
+def test_auto_without_artifact_picks_torch_and_says_why(caplog):
+    choice = choose_backend()
+    assert choice.backend == "torch"
+    skipped = dict(choice.skipped)
+    assert set(skipped) == {"tensorrt", "torch-cuda", "onnxruntime"}
+    assert "no CUDA GPU" in skipped["torch-cuda"]
+    assert "engine build --backend onnxruntime" in skipped["onnxruntime"]
+    with caplog.at_level(logging.INFO, logger="engines.registry"):
+        encoder = create_text_encoder("auto")
+    assert encoder.name == "torch"
+    assert "text encoder backend torch" in caplog.text and "torch-cuda skipped" in caplog.text
+
+
+@cpu_only
+def test_auto_with_onnxruntime_artifact_picks_onnxruntime(ort_fp32_artifact):
+    choice = choose_backend(ort_fp32_artifact)
+    assert (choice.backend, choice.artifact) == ("onnxruntime", ort_fp32_artifact)
+    assert create_text_encoder("auto", artifact=ort_fp32_artifact).name == "onnxruntime"
+
+
+def test_unknown_backend_lists_the_valid_ones():
+    with pytest.raises(UnknownBackendError, match="choose one of: auto, onnxruntime, .*tensorrt, torch, .*torch-cuda"):
+        create_text_encoder("openvino")
+
+
+def test_tensorrt_without_the_extra_gives_the_install_hint(monkeypatch, ort_fp32_artifact):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)      # as if the extra were not installed
+    encoder = create_text_encoder("tensorrt", artifact=ort_fp32_artifact)   # constructing needs nothing
+    with pytest.raises(MissingExtraError, match=r"pip install 'shopstream\[tensorrt\]'") as err:
+        encoder.load()
+    assert err.value.extra == "tensorrt"
+    assert isinstance(err.value, ImportError)
+
+
+def test_importing_engines_needs_no_optional_dependency():
+    import subprocess
+
+    code = ("import sys; sys.modules['tensorrt'] = None; sys.modules['onnxruntime'] = None; "
+            "import engines, engines.backends.tensorrt, engines.backends.onnxruntime_cpu, "
+            "engines.backends.torch_cuda; "
+            "assert 'torch' not in sys.modules and 'stream' not in sys.modules, sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True)
