@@ -1,0 +1,97 @@
+"""The command line: one-line errors, produce/tail round trip, and the demo's clean shutdown."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import orjson
+import pytest
+
+from tests.kafka_io import event
+
+
+def shopstream(*args, env=None, input=None, timeout=120):
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "stream", *args], capture_output=True, input=input,
+                          env=full_env, timeout=timeout)
+
+
+@pytest.mark.parametrize("args,env,needle", [
+    (["worker", "--partitions", "0"], {}, "--partitions"),
+    (["tail", "events"], {"SHOPSTREAM_BATCH_SIZE": "lots"}, "SHOPSTREAM_BATCH_SIZE"),
+    (["tail", "events"], {"SHOPSTREAM_SEARCH_BLEND": "2"}, "search_blend"),
+    (["index", "build", "--catalog", "/nonexistent/catalog.jsonl"], {}, "catalogue file not found"),
+    (["produce", "-", "--broker", "127.0.0.1:1"], {}, "cannot reach Kafka"),
+    (["no-such-command"], {}, "No such command"),
+])
+def test_bad_arguments_give_one_line_not_a_traceback(args, env, needle):
+    r = shopstream(*args, env=env, input=b"", timeout=90)
+    err = r.stderr.decode()
+    assert r.returncode == 2, err
+    assert "Traceback" not in err
+    assert needle in err
+    errors = [ln for ln in err.splitlines() if ln.startswith(("shopstream: error", "Error:"))]
+    assert len(errors) == 1 and needle in errors[0], err
+
+
+def test_produce_then_tail(settings_factory, catalog_products):
+    settings = settings_factory()
+    env = {"SHOPSTREAM_BROKER": settings.broker, "SHOPSTREAM_EVENTS_TOPIC": settings.events_topic,
+           "SHOPSTREAM_PARTITIONS": "2"}
+    good = orjson.dumps(event(1, "u1", "view", item=catalog_products[0].id))
+    bad = b'{"event_id": "x", "type": "teleport"}'
+    r = shopstream("produce", "-", env=env, input=good + b"\n" + bad + b"\n")
+    assert r.returncode == 0, r.stderr.decode()
+    assert b"sent 1 event" in r.stderr and b"rejected 1" in r.stderr and b"unknown_type" in r.stderr
+    r = shopstream("tail", settings.events_topic, "--from-beginning", "-n", "1", "--idle", "20", env=env)
+    assert r.returncode == 0, r.stderr.decode()
+    line = orjson.loads(r.stdout.decode().splitlines()[0])
+    assert line["key"] == "u1" and line["value"]["event_id"] == "e1"
+
+
+def _descendants(pid: int) -> set[int]:
+    out = subprocess.run(["ps", "-eo", "pid,ppid"], capture_output=True, text=True).stdout.split("\n")[1:]
+    children: dict[int, list[int]] = {}
+    for row in out:
+        if row.strip():
+            p, pp = map(int, row.split())
+            children.setdefault(pp, []).append(p)
+    found, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            found.add(c)
+            todo.append(c)
+    return found
+
+
+def test_demo_prints_recommendations_and_ctrl_c_leaves_nothing_behind(index_snapshot, tmp_path):
+    env = {**os.environ, "SHOPSTREAM_INDEX_PATH": str(index_snapshot), "SHOPSTREAM_ENCODER_BACKEND": "torch",
+           "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "stream", "demo", "--rate", "40", "--data-dir", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    lines, procs = [], set()
+    deadline = time.monotonic() + 180
+    try:
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline().decode()
+            if not line:
+                break
+            lines.append(line)
+            procs |= _descendants(proc.pid)
+            if sum("→" in ln for ln in lines) >= 3:
+                break
+        assert sum("→" in ln for ln in lines) >= 3, "".join(lines[-30:])
+        assert procs, "the demo starts broker and worker as child processes"
+        os.killpg(proc.pid, signal.SIGINT)      # what Ctrl-C in a terminal does
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    time.sleep(0.5)
+    alive = [p for p in procs if os.path.exists(f"/proc/{p}") and
+             open(f"/proc/{p}/stat").read().split()[2] != "Z"]
+    assert alive == [], f"processes left behind: {alive}"
+    assert proc.returncode in (0, 130, -signal.SIGINT)
