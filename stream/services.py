@@ -47,7 +47,8 @@ def load_index(settings: Settings, encoder: TextEncoder) -> ItemIndex:
     path = settings.resolved_index_path
     if not path.exists():
         raise ConfigError(f"no index snapshot at {path}: build one with `shopstream index build`")
-    return load_snapshot(path, dim=encoder.dim, model_version=encoder.model_version)
+    return load_snapshot(path, dim=encoder.dim, model_version=encoder.model_version,
+                         device=settings.index_device)
 
 
 def load_session_encoder(settings: Settings, dim: int):

@@ -63,6 +63,10 @@ class Settings:
     encoder_artifact: Path | None = None
     session_encoder: Path | None = None      # a trained session encoder artifact; default pooling
     query_cache_size: int = 50_000
+    index_kind: str = "auto"                 # auto | flat | hnsw | ivf, for `shopstream index build`
+    index_device: str = "auto"               # auto | cpu | cuda: where the worker searches (logged)
+    index_watch_s: float = 5.0               # poll the snapshot path for a new version; 0: never
+    catalog_batch_size: int = 256            # catalogue updates applied (and embedded) together
     # -- operations --------------------------------------------------------------------------------
     web_host: str = "127.0.0.1"
     web_port: int = 6066
@@ -92,6 +96,12 @@ class Settings:
             bad(f"search_blend must be between 0 and 1, got {self.search_blend}")
         if self.session_ttl_s <= 0:
             bad("session_ttl_s must be positive")
+        if self.index_kind not in ("auto", "flat", "hnsw", "ivf"):
+            bad(f"index_kind must be one of auto, flat, hnsw, ivf, got {self.index_kind!r}")
+        if self.index_device not in ("auto", "cpu", "cuda"):
+            bad(f"index_device must be one of auto, cpu, cuda, got {self.index_device!r}")
+        if self.index_watch_s < 0 or self.catalog_batch_size < 1:
+            bad("index_watch_s must not be negative and catalog_batch_size must be at least 1")
         if self.log_format not in ("text", "json"):
             bad(f"log_format must be text or json, got {self.log_format!r}")
         if not 0 < self.web_port < 65536:

@@ -65,3 +65,20 @@ def register(cli: click.Group) -> None:
         result["query_cache"] = query_cache_hit_rates({"wands (each query once)": wands_queries(),
                                                        "demo stream (50k events)": demo})
         emit(result, as_json, lambda r: click.echo(format_table(r)))
+
+    @bench.command("index")
+    @click.option("--items", type=click.IntRange(min=1000), default=100_000, show_default=True)
+    @click.option("--dim", type=click.IntRange(min=8), default=384, show_default=True)
+    @click.option("--kind", type=click.Choice(["auto", "flat", "hnsw", "ivf"]), default="auto", show_default=True)
+    @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+    @click.option("--queries", type=click.IntRange(min=100), default=1000, show_default=True)
+    @click.option("--ef-search", type=click.IntRange(min=1), default=None, help="HNSW efSearch (default 96).")
+    @click.option("--json", "as_json", is_flag=True)
+    def index_bench(items, dim, kind, device, queries, ef_search, as_json) -> None:
+        """Synthetic vectors: build time, queries/s at batch 1 and 64, recall@10, memory, updates/s."""
+        from index.bench import render, run_index_bench
+        from index.kinds import IndexParams
+
+        params = IndexParams(hnsw_ef_search=ef_search) if ef_search else None
+        result = run_index_bench(items=items, dim=dim, kind=kind, device=device, queries=queries, params=params)
+        emit(result, as_json, lambda r: click.echo(render(r)))

@@ -10,7 +10,7 @@ from stream.cli.options import path_option
 
 
 def build_default_index(settings, catalog: Path | None = None, out: Path | None = None,
-                        progress: bool = True) -> Path:
+                        progress: bool = True, catalog_offset: int | None = None) -> Path:
     from index import build_index, default_catalog_path, load_catalog, save_snapshot
     from stream.services import load_text_encoder
 
@@ -19,8 +19,9 @@ def build_default_index(settings, catalog: Path | None = None, out: Path | None 
     encoder = load_text_encoder(settings)
     products = load_catalog(catalog)
     index = build_index(products, encoder.encode, dim=encoder.dim, model_version=encoder.model_version,
-                        progress=progress)
-    return save_snapshot(index, out, source=str(catalog))
+                        progress=progress, kind=settings.index_kind)
+    offsets = {"0": catalog_offset} if catalog_offset is not None else None
+    return save_snapshot(index, out, source=str(catalog), catalog_offsets=offsets)
 
 
 def register(cli: click.Group) -> None:
@@ -32,16 +33,22 @@ def register(cli: click.Group) -> None:
     @path_option("--catalog", default=None, help="JSONL or CSV catalogue (default: the shipped Online Retail products).")
     @path_option("--out", default=None, help="Snapshot folder (default: var/index/current).")
     @click.option("--backend", "encoder_backend", default=None, help="Text encoder backend (default auto).")
-    def build(catalog: Path | None, out: Path | None, encoder_backend: str | None) -> None:
-        """Embed every product and write a snapshot the worker loads."""
+    @click.option("--kind", "index_kind", type=click.Choice(["auto", "flat", "hnsw", "ivf"]), default=None,
+                  help="Index kind (default SHOPSTREAM_INDEX_KIND or auto: flat up to 50k products, HNSW above).")
+    @click.option("--catalog-offset", type=click.IntRange(min=0), default=None,
+                  help="The catalogue file already holds the catalog topic's updates before this offset; "
+                       "workers that load the snapshot apply only the later ones.")
+    def build(catalog: Path | None, out: Path | None, encoder_backend: str | None, index_kind: str | None,
+              catalog_offset: int | None) -> None:
+        """Embed every product and write a snapshot the worker loads (a running worker swaps to it)."""
         from index import read_manifest
         from stream.settings import Settings
 
-        settings = Settings.from_env(encoder_backend=encoder_backend)
+        settings = Settings.from_env(encoder_backend=encoder_backend, index_kind=index_kind)
         t0 = time.perf_counter()
-        path = build_default_index(settings, catalog, out)
+        path = build_default_index(settings, catalog, out, catalog_offset=catalog_offset)
         m = read_manifest(path)
-        click.echo(f"index {m['version']}: {m['count']} products, dim {m['dim']}, model {m['model_version']} "
+        click.echo(f"index {m['version']}: {m['count']} products, {m['kind']}, dim {m['dim']}, model {m['model_version']} "
                    f"-> {path} ({time.perf_counter() - t0:.1f}s)")
 
     @index_group.command("info")
