@@ -181,3 +181,25 @@ def test_snapshot_hot_swap_under_load(settings_factory, worker_factory, catalog_
             assert rec["index_version"] == "swap-test-v2" and clone.id in items(rec)
 
     run(scenario())
+
+
+def test_catalog_push_command_writes_products_and_tombstones(settings_factory, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.kafka_io import read_topic
+
+    settings = settings_factory()
+    feed = tmp_path / "updates.jsonl"
+    feed.write_text('{"id": "A1", "title": "Blue lamp", "price": 12.5}\n'
+                    '{"id": "A2", "title": "Green lamp", "in_stock": false}\n')
+    out = subprocess.run([sys.executable, "-m", "stream", "catalog", "push", str(feed), "--delete", "OLD-9",
+                          "--broker", settings.broker],
+                         env={**os.environ, "SHOPSTREAM_CATALOG_TOPIC": settings.catalog_topic},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "published 2 product update(s) and 1 deletion(s)" in out.stdout
+    msgs = run(read_topic(settings, settings.catalog_topic, until=lambda m: len(m) >= 3, timeout=30))
+    assert [(m.key, m.value is None) for m in msgs] == [(b"A1", False), (b"A2", False), (b"OLD-9", True)]
+    assert orjson.loads(msgs[1].value) == {"id": "A2", "title": "Green lamp", "in_stock": False}
