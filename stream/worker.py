@@ -13,12 +13,14 @@ def run_worker(settings: Settings) -> None:
     from faust.worker import Worker
 
     from stream.app import create_app
+    from stream.highwater import install as install_highwater_check
     from stream.logs import worker_logging_config
     from stream.prometheus import create_metrics
     from stream.services import load_services
     from stream.topics import ensure_topics
 
     asyncio.run(ensure_topics(settings))
+    install_highwater_check(settings)         # tables recover to the true end of their changelog
     services = load_services(settings, metrics=create_metrics())
     app = create_app(settings, services)
     worker = Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False,
