@@ -32,7 +32,8 @@ GROUP = 200          # products per cluster (think variants of one kind of produ
 SPREAD = 0.5         # within-cluster spread, relative to the distance between clusters
 
 
-def synthetic_vectors(n: int, dim: int, *, seed: int = 0, chunk: int = 200_000) -> np.ndarray:
+def synthetic_vectors(n: int, dim: int, *, seed: int = 0, spread: float = SPREAD,
+                      chunk: int = 200_000) -> np.ndarray:
     """``n`` unit vectors in ``max(16, n / GROUP)`` clusters: a centre, plus a spread in a shared
     ``INTRINSIC_DIM``-dimensional subspace, plus a little isotropic noise."""
     rng = np.random.default_rng(seed)
@@ -44,8 +45,8 @@ def synthetic_vectors(n: int, dim: int, *, seed: int = 0, chunk: int = 200_000) 
         hi = min(n, lo + chunk)
         m = hi - lo
         x = centres[rng.integers(0, clusters, m)]
-        x += rng.standard_normal((m, INTRINSIC_DIM)).astype(np.float32) @ basis * SPREAD
-        x += rng.standard_normal((m, dim)).astype(np.float32) * 0.1 * SPREAD
+        x += rng.standard_normal((m, INTRINSIC_DIM)).astype(np.float32) @ basis * spread
+        x += rng.standard_normal((m, dim)).astype(np.float32) * 0.1 * spread
         x /= np.linalg.norm(x, axis=1, keepdims=True)
         out[lo:hi] = x
     return out
@@ -92,14 +93,14 @@ def _qps(fn, queries: np.ndarray, batch: int, min_s: float = 2.0) -> float:
 
 def run_index_bench(*, items: int, dim: int = 384, kind: str = "auto", device: str = "cpu",
                     queries: int = 1000, k: int = 10, params: IndexParams | None = None,
-                    updates: int = 2000, seed: int = 0, min_s: float = 2.0) -> dict:
+                    updates: int = 2000, seed: int = 0, min_s: float = 2.0, spread: float = SPREAD) -> dict:
     """Measure one index configuration; returns a JSON-ready dict."""
     if device != "cpu":
         return run_gpu_bench(items=items, dim=dim, queries=queries, k=k, seed=seed, updates=updates)
     kind = choose_kind(kind, items)
     params = params or IndexParams()
     t0 = time.perf_counter()
-    data = synthetic_vectors(items + queries + updates, dim, seed=seed)
+    data = synthetic_vectors(items + queries + updates, dim, seed=seed, spread=spread)
     base, qs, extra = data[:items], data[items:items + queries], data[items + queries:]
     gen_s = time.perf_counter() - t0
     truth = exact_top(base, qs, k)
@@ -134,7 +135,7 @@ def run_index_bench(*, items: int, dim: int = 384, kind: str = "auto", device: s
     index.compact()
     compact_s = time.perf_counter() - t0
     return {
-        "bench": "index", "items": items, "dim": dim, "kind": index.search_kind, "device": "cpu",
+        "bench": "index", "items": items, "dim": dim, "spread": spread, "kind": index.search_kind, "device": "cpu",
         "params": params.to_dict() if kind != "flat" else {}, "k": k, "queries": queries,
         "cpu_threads": _faiss_threads(), "load_avg": os.getloadavg()[0],
         "generate_s": round(gen_s, 2), "build_s": round(build_s, 2),
@@ -291,6 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--ef-search", type=int, default=None)
+    ap.add_argument("--spread", type=float, default=SPREAD)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--out", default=None, help="also append each result as a JSON line to this file")
     a = ap.parse_args(argv)
@@ -298,7 +300,7 @@ def main(argv: list[str] | None = None) -> None:
     params = IndexParams(hnsw_ef_search=a.ef_search) if a.ef_search else None
     for n in a.items:
         r = run_index_bench(items=n, dim=a.dim, kind=a.kind, device=a.device, queries=a.queries,
-                            params=params)
+                            params=params, spread=a.spread)
         line = json.dumps(r)
         if a.out:
             with open(a.out, "a") as fh:

@@ -37,7 +37,7 @@ class IndexParams:
 
     hnsw_m: int = 32
     hnsw_ef_construction: int = 64
-    hnsw_ef_search: int = 96
+    hnsw_ef_search: int = 64
     ivf_nlist: int = 0          # 0: about 4 * sqrt(n) lists, chosen at first training
     ivf_nprobe: int = 32
 
