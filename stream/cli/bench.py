@@ -72,13 +72,16 @@ def register(cli: click.Group) -> None:
     @click.option("--kind", type=click.Choice(["auto", "flat", "hnsw", "ivf"]), default="auto", show_default=True)
     @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
     @click.option("--queries", type=click.IntRange(min=100), default=1000, show_default=True)
-    @click.option("--ef-search", type=click.IntRange(min=1), default=None, help="HNSW efSearch (default 96).")
+    @click.option("--ef-search", type=click.IntRange(min=1), default=None, help="HNSW efSearch (default 64).")
+    @click.option("--spread", type=click.FloatRange(min=0.05), default=0.5, show_default=True,
+                  help="Within-cluster spread of the synthetic vectors; larger is harder for HNSW and IVF.")
     @click.option("--json", "as_json", is_flag=True)
-    def index_bench(items, dim, kind, device, queries, ef_search, as_json) -> None:
+    def index_bench(items, dim, kind, device, queries, ef_search, spread, as_json) -> None:
         """Synthetic vectors: build time, queries/s at batch 1 and 64, recall@10, memory, updates/s."""
         from index.bench import render, run_index_bench
         from index.kinds import IndexParams
 
         params = IndexParams(hnsw_ef_search=ef_search) if ef_search else None
-        result = run_index_bench(items=items, dim=dim, kind=kind, device=device, queries=queries, params=params)
+        result = run_index_bench(items=items, dim=dim, kind=kind, device=device, queries=queries, params=params,
+                                 spread=spread)
         emit(result, as_json, lambda r: click.echo(render(r)))
