@@ -1,6 +1,7 @@
 """The Faust app, built by a factory from one settings object (no module-level singleton)."""
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -71,15 +72,22 @@ def create_app(settings: Settings, services: Services) -> Any:
                            dead_letter_topic=dead_letters, events_topic=events)
     catalog = start_catalog_sync(app, services, settings)     # every worker applies every catalogue update
     if settings.pseudonymise_key:
-        from stream.privacy import pseudonymiser
+        from stream.privacy import pseudonym, pseudonymiser
 
         handler.pseudonymise = pseudonymiser(str(settings.pseudonymise_key))
+        handler.pseudonymise_id = functools.partial(pseudonym, str(settings.pseudonymise_key))
 
     @app.agent(events, name="recommend")
     async def recommend(stream):  # noqa: ANN001 - faust injects the stream
         within = settings.batch_wait_ms / 1000.0 or 0.001
         async for batch in stream.take_events(settings.batch_size, within=within):
             await handler.handle(batch)
+
+    @app.timer(interval=settings.session_sweep_interval_s)
+    async def sweep_sessions() -> None:
+        n = handler.sweep(settings.session_retention_s)
+        if n:
+            log.info("expired %d idle session(s)", n)
 
     def readiness() -> dict[str, Any]:
         recovery = app.tables.recovery

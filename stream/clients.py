@@ -116,3 +116,27 @@ class RecommendationConsumer:
 
     async def __aexit__(self, *exc) -> None:
         await self.stop()
+
+
+async def request_forget(settings: Settings, user_id: str) -> int:
+    """Ask the workers to erase ``user_id``'s session: a control message on the events topic.
+
+    It is keyed by the user id, so it reaches the worker that owns the user's partition, in order
+    with the user's events; that worker deletes the table entry, which writes a tombstone to the
+    sessions changelog (so the erasure survives restarts). Returns the partition it went to.
+    """
+    from aiokafka import AIOKafkaProducer
+
+    from stream.handler import CONTROL_HEADER, FORGET
+    from stream.topics import ensure_topics
+
+    await ensure_topics(settings)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all",
+                                **settings.kafka_client_options())
+    await producer.start()
+    try:
+        meta = await producer.send_and_wait(settings.events_topic, b"", key=user_id.encode(),
+                                            headers=[(CONTROL_HEADER, FORGET)])
+    finally:
+        await producer.stop()
+    return meta.partition

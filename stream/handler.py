@@ -23,6 +23,16 @@ from stream.services import Services
 log = logging.getLogger(__name__)
 
 DLQ_HEADER = "shopstream.dead-letter."
+CONTROL_HEADER = "shopstream.control"
+FORGET = b"forget"
+
+
+def control_of(ev: Any) -> bytes | None:
+    """The control verb of a message (``shopstream forget`` sends ``forget``), or None for events."""
+    for k, v in (ev.message.headers or ()):
+        if k == CONTROL_HEADER:
+            return v
+    return None
 
 
 def dead_letter_headers(err: InvalidEvent, topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:
@@ -51,13 +61,22 @@ class BatchHandler:
         self.dead_letter_topic = dead_letter_topic
         self.events_topic = events_topic
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recommend")
-        self.pseudonymise = None  # set by the app when a pseudonymisation key is configured
+        self.pseudonymise = None     # Event -> Event, set when a pseudonymisation key is configured
+        self.pseudonymise_id = None  # str -> str, the same keyed hash for control messages
 
     async def handle(self, events: Sequence[Any]) -> None:
         metrics = self.s.metrics
-        by_user: OrderedDict[str, list[tuple[Event, Any]]] = OrderedDict()
+        by_user: OrderedDict[str, list[tuple[Event | None, Any]]] = OrderedDict()
         for ev in events:
             msg = ev.message
+            if control_of(ev) == FORGET and isinstance(ev.key, bytes):
+                # erase the user's session: None in the user's list resets the state there
+                user_id = ev.key.decode("utf-8", "replace")
+                if self.pseudonymise_id is not None:
+                    user_id = self.pseudonymise_id(user_id)
+                by_user.setdefault(user_id, []).append((None, ev))
+                log.info("forget request for a user: session state erased")
+                continue
             try:
                 try:
                     parsed = self.s.validator.parse(ev.value)
@@ -84,24 +103,52 @@ class BatchHandler:
             return
 
         batch: list[UserBatch] = []
+        last_event: list[Any] = []
         for user_id, items in by_user.items():
             state = session_state.loads(self.sessions.get(user_id.encode()))
             for parsed, _ in items:
-                state = session_state.fold(state, parsed, self.s.limits)
-            batch.append(UserBatch(user_id, state, [p for p, _ in items]))
-        metrics.on_batch(sum(len(v) for v in by_user.values()), len(batch))
+                state = None if parsed is None else session_state.fold(state, parsed, self.s.limits)
+            if any(p is None for p, _ in items):   # forgotten: a tombstone in the changelog first
+                _set_current_event(items[-1][1])
+                self.sessions.pop(user_id.encode(), None)
+            if state is None:                       # and no event since
+                continue
+            state["p"] = items[-1][1].message.partition    # where its changelog records go (sweeps)
+            state["seen_at"] = time.time()
+            batch.append(UserBatch(user_id, state, [p for p, _ in items if p is not None]))
+            last_event.append(items[-1][1])
+        if not batch:
+            return
+        metrics.on_batch(sum(len(ub.events) for ub in batch), len(batch))
 
         loop = asyncio.get_running_loop()
         recs = await loop.run_in_executor(self._executor, self.s.recommender.recommend, batch)
 
-        for ub, items in zip(batch, by_user.values()):
-            _set_current_event(items[-1][1])
+        for ub, ev in zip(batch, last_event):
+            _set_current_event(ev)
             self.sessions[ub.user_id.encode()] = session_state.dumps(ub.state)
         now = time.time()
         for ub, rec in zip(batch, recs):
             await self.recommendations_topic.send(key=ub.user_id.encode(), value=orjson.dumps(rec))
             metrics.observe_end_to_end(now - max(e.ts for e in ub.events))
         metrics.on_recommendation_out(len(recs))
+
+    def sweep(self, retention_s: float, now: float | None = None) -> int:
+        """Delete sessions untouched for ``retention_s`` (wall clock); returns how many.
+
+        Runs from a timer, outside any event, so each tombstone goes to the changelog partition
+        recorded in the state when it was last written."""
+        now = time.time() if now is None else now
+        expired = []
+        for key, raw in list(self.sessions.items()):
+            state = session_state.loads(raw)
+            if state is None or now - state.get("seen_at", now) > retention_s:
+                expired.append((key, (state or {}).get("p")))
+        for key, partition in expired:
+            self.sessions.data.pop(key, None)
+            if partition is not None:
+                self.sessions.send_changelog(partition, key, None)
+        return len(expired)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False)

@@ -51,6 +51,8 @@ class Settings:
     session_max_queries: int = 20
     session_max_purchased: int = 200
     session_ttl_s: float = 1800.0            # a session expires after this much inactivity (event time)
+    session_retention_s: float = 30 * 86400.0  # a session untouched this long (wall clock) is deleted
+    session_sweep_interval_s: float = 300.0
     recently_viewed_excluded: int = 5        # the last N viewed/clicked products are not recommended
     max_event_bytes: int = 16_384
     max_future_skew_s: float = 3600.0        # events later than now + this are rejected

@@ -16,8 +16,8 @@ def build_default_index(settings, catalog: Path | None = None, out: Path | None 
 
     catalog = catalog or default_catalog_path()
     out = out or settings.resolved_index_path
+    products = load_catalog(catalog)          # a bad catalogue fails before the model loads
     encoder = load_text_encoder(settings)
-    products = load_catalog(catalog)
     index = build_index(products, encoder.encode, dim=encoder.dim, model_version=encoder.model_version,
                         progress=progress, kind=settings.index_kind)
     offsets = {"0": catalog_offset} if catalog_offset is not None else None
