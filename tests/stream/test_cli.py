@@ -95,3 +95,30 @@ def test_demo_prints_recommendations_and_ctrl_c_leaves_nothing_behind(index_snap
              open(f"/proc/{p}/stat").read().split()[2] != "Z"]
     assert alive == [], f"processes left behind: {alive}"
     assert proc.returncode in (0, 130, -signal.SIGINT)
+
+
+def test_broker_command_serves_kafka_and_stops_cleanly():
+    import re
+    import socket
+
+    proc = subprocess.Popen([sys.executable, "-m", "stream", "broker"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        line = ""
+        deadline = time.monotonic() + 30
+        while "listening on" not in line and time.monotonic() < deadline:
+            line = proc.stdout.readline().decode()
+        port = int(re.search(r"listening on [\d.]+:(\d+)", line).group(1))
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass
+        children = _descendants(proc.pid)
+        assert children, "tansu runs as a child process"
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(20)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    time.sleep(0.3)
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2)
+    assert not [p for p in children if os.path.exists(f"/proc/{p}")]
