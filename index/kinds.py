@@ -18,8 +18,9 @@ from index.errors import IndexError_, SnapshotError
 log = logging.getLogger(__name__)
 
 KINDS = ("flat", "hnsw", "ivf")
-#: Up to this many products exact search answers a batch-1 query in a few milliseconds on 2 cores.
-AUTO_FLAT_MAX = 50_000
+#: Exact search reads every vector per query (n x 384 x 4 bytes: 31 MB at 20k products); past this
+#: size HNSW answers a batch-1 query far sooner at recall@10 near 1 (docs/benchmarks.md).
+AUTO_FLAT_MAX = 20_000
 FAISS_HINT = "FAISS is missing: pip install faiss-cpu (or shopstream[gpu] for faiss-gpu)"
 
 
