@@ -34,7 +34,7 @@ def register(cli: click.Group) -> None:
     @path_option("--out", default=None, help="Snapshot folder (default: var/index/current).")
     @click.option("--backend", "encoder_backend", default=None, help="Text encoder backend (default auto).")
     @click.option("--kind", "index_kind", type=click.Choice(["auto", "flat", "hnsw", "ivf"]), default=None,
-                  help="Index kind (default SHOPSTREAM_INDEX_KIND or auto: flat up to 50k products, HNSW above).")
+                  help="Index kind (default SHOPSTREAM_INDEX_KIND or auto: flat up to 20k products, HNSW above).")
     @click.option("--catalog-offset", type=click.IntRange(min=0), default=None,
                   help="The catalogue file already holds the catalog topic's updates before this offset; "
                        "workers that load the snapshot apply only the later ones.")
