@@ -139,11 +139,11 @@ class FaissStructure:
             raise SnapshotError(f"{path}: unreadable {kind} index: {str(exc).splitlines()[0]}") from None
         if fx.d != dim:
             raise SnapshotError(f"{path}: {kind} index has dimension {fx.d}, manifest says {dim}")
-        self = cls(kind, dim, params)
+        structure = cls(kind, dim, params)
         if kind == "hnsw":
             fx.hnsw.efSearch = params.hnsw_ef_search
         elif kind == "ivf":
             fx.nprobe = min(params.ivf_nprobe, fx.nlist)
             fx.make_direct_map()
-        self._faiss = fx
-        return self
+        structure._faiss = fx
+        return structure
