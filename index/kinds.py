@@ -139,6 +139,8 @@ class FaissStructure:
             raise SnapshotError(f"{path}: unreadable {kind} index: {str(exc).splitlines()[0]}") from None
         if fx.d != dim:
             raise SnapshotError(f"{path}: {kind} index has dimension {fx.d}, manifest says {dim}")
+        if (kind == "hnsw" and not hasattr(fx, "hnsw")) or (kind == "ivf" and not hasattr(fx, "nprobe")):
+            raise SnapshotError(f"{path}: holds a {type(fx).__name__}, not the {kind} index the manifest names")
         structure = cls(kind, dim, params)
         if kind == "hnsw":
             fx.hnsw.efSearch = params.hnsw_ef_search
