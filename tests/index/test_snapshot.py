@@ -64,6 +64,7 @@ def edit_manifest(**changes):
     (lambda f: (f / "manifest.json").write_text("{not json"), "corrupt"),
     (edit_manifest(format=1), "unsupported snapshot format"),
     (edit_manifest(kind="annoy"), "unknown index kind"),
+    (edit_manifest(kind="ivf"), "not the ivf index the manifest names"),
     (edit_manifest(count=5), "products but vectors"),
 ])
 def test_corrupt_snapshots_are_refused(good, tmp_path, spoil, message):
