@@ -72,6 +72,34 @@ def ceilings() -> dict[str, float]:
             "d2d_copy_tb_s": 2 * x.numel() * x.element_size() / t_cp / 1e12}
 
 
+def profile_bucket(model_dir: Path, texts: list[str], batch: int = 256, length: int = 16) -> list[dict]:
+    """Where the GPU time of one fp16 forward goes: kernels by total CUDA time (eager, no graph)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from engines.backends.torch_cuda import TorchCudaTextEncoder
+
+    enc = TorchCudaTextEncoder(model_dir, batch_buckets=(batch,), length_buckets=(length,),
+                               cuda_graphs=False).load()
+    tok = enc.tokenizer([texts[i % len(texts)] for i in range(batch)], length=length)
+    for _ in range(5):
+        enc.encode_tokens(tok.input_ids, tok.attention_mask)
+    reps = 20
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            enc.encode_tokens(tok.input_ids, tok.attention_mask)
+        torch.cuda.synchronize()
+    rows = []
+    for e in prof.key_averages():
+        total = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+        if total > 0:
+            rows.append({"name": e.key[:90], "calls_per_forward": e.count / reps,
+                         "us_per_forward": total / reps})
+    rows.sort(key=lambda r: -r["us_per_forward"])
+    enc.close()
+    return rows[:25]
+
+
 def run(folder: Path, out: Path, min_time_s: float) -> dict:
     import torch
 
@@ -122,6 +150,7 @@ def run(folder: Path, out: Path, min_time_s: float) -> dict:
             result["rows"].append(d)
         enc.close()
     result["rows"] += [r.as_dict() for r in bench_tokenizer(reference.tokenizer, texts)]
+    result["profile_256x16"] = profile_bucket(model_dir, texts)
     (out / "gpu_check.json").write_text(json.dumps(result, indent=2))
     return result
 
@@ -147,6 +176,10 @@ def main() -> None:
               "mixed ok" if rep["mixed_lengths"]["passed"] else "MIXED FAILED",
               "b1-vs-batched", rep["batch1_vs_batched_max_abs"])
     print(f"{'variant':<12} {'batch':>5} {'len':>4} {'mode':<15} {'seq/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'%800T':>6}")
+    prof = result["profile_256x16"]
+    print(f"profile fp16 256x16 (eager): {sum(r['us_per_forward'] for r in prof):.0f} us of kernels in the top {len(prof)}")
+    for r in prof[:12]:
+        print(f"  {r['us_per_forward']:8.1f} us  x{r['calls_per_forward']:5.1f}  {r['name']}")
     for d in result["rows"]:
         frac = d.get("fraction_of_800_tflops")
         print(f"{d['note'] or d['backend']:<12} {d['batch']:>5} {d['length']:>4} {d['mode']:<15} {d['seq_per_s']:>11.0f} "

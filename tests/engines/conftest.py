@@ -1,5 +1,11 @@
-"""Engine artifacts built once per test session, by the real CLI, from the real weights."""
+"""Engine artifacts built once per test session, by the real CLI, from the real weights.
+
+On a lent GPU machine without the catalogue's dependencies, SHOPSTREAM_TEST_TEXTS (titles, one a
+line) and SHOPSTREAM_TEST_MODEL_DIR (a weights folder) let the `gpu` tests run from a carried copy.
+"""
 from __future__ import annotations
+
+import os
 
 import pytest
 
@@ -11,7 +17,17 @@ def titles():
     """Real catalogue titles, a different draw from the build-time parity check."""
     from engines.parity import catalogue_texts
 
-    return catalogue_texts(96, seed=3)
+    return catalogue_texts(96, os.environ.get("SHOPSTREAM_TEST_TEXTS"), seed=3)
+
+
+@pytest.fixture(scope="session")
+def reference_encoder():
+    """The PyTorch CPU model the GPU engines are checked against."""
+    from engines.backends.torch_cpu import TorchTextEncoder
+
+    enc = TorchTextEncoder(os.environ.get("SHOPSTREAM_TEST_MODEL_DIR")).load()
+    yield enc
+    enc.close()
 
 
 @pytest.fixture(scope="session")
