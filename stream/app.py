@@ -56,6 +56,28 @@ def faust_options(settings: Settings) -> dict[str, Any]:
     )
 
 
+async def set_fetch_max_wait(app: Any, ms: int) -> None:
+    """Bound how long a fetch waits for data on the worker's consumer.
+
+    Faust fixes its consumer's ``fetch_max_wait_ms`` at 1500. A broker that answers a fetch only
+    when that wait ends, rather than as soon as data arrives (tansu, the embedded default, does so
+    here), then adds up to 1.5 s to every event. aiokafka reads the value per request, so it is set
+    on the running consumer's fetcher as soon as the consumer thread has made one.
+    """
+    import asyncio
+
+    for _ in range(600):
+        thread = getattr(app.consumer, "_thread", None)
+        consumer = getattr(thread, "_consumer", None)
+        fetcher = getattr(consumer, "_fetcher", None)
+        if fetcher is not None:
+            fetcher._fetch_max_wait_ms = ms
+            log.info("consumer fetch_max_wait_ms = %d", ms)
+            return
+        await asyncio.sleep(0.1)
+    log.warning("could not set the consumer's fetch_max_wait_ms; fetches may wait up to 1.5 s")
+
+
 def create_app(settings: Settings, services: Services) -> Any:
     """A Faust app whose agent turns events into recommendations with ``services``."""
     import faust
@@ -82,6 +104,10 @@ def create_app(settings: Settings, services: Services) -> Any:
         within = settings.batch_wait_ms / 1000.0 or 0.001
         async for batch in stream.take_events(settings.batch_size, within=within):
             await handler.handle(batch)
+
+    @app.task
+    async def tune_fetch_wait() -> None:
+        await set_fetch_max_wait(app, settings.fetch_max_wait_ms)
 
     @app.timer(interval=settings.session_sweep_interval_s)
     async def sweep_sessions() -> None:

@@ -57,7 +57,7 @@ async def _drive(settings: Settings, events, rate: float | None, progress: bool)
     seen_other = 0
     dead = 0
     consumer = AIOKafkaConsumer(settings.recommendations_topic, settings.dead_letter_topic,
-                                bootstrap_servers=settings.bootstrap_servers, group_id=None,
+                                bootstrap_servers=settings.bootstrap_servers, fetch_max_wait_ms=settings.fetch_max_wait_ms, group_id=None,
                                 auto_offset_reset="latest", **settings.kafka_client_options())
     await consumer.start()
     await consumer.seek_to_end()

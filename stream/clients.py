@@ -88,7 +88,7 @@ class RecommendationConsumer:
         from aiokafka import AIOKafkaConsumer
 
         self._consumer = AIOKafkaConsumer(
-            self.topic, bootstrap_servers=self.settings.bootstrap_servers, group_id=self.group_id,
+            self.topic, bootstrap_servers=self.settings.bootstrap_servers, fetch_max_wait_ms=self.settings.fetch_max_wait_ms, group_id=self.group_id,
             auto_offset_reset="earliest" if self.from_beginning else "latest",
             enable_auto_commit=self.group_id is not None, **self.settings.kafka_client_options())
         await self._consumer.start()

@@ -104,7 +104,7 @@ async def run_demo(settings: Settings, *, rate: float, limit: int | None, bad_sh
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=5,
                                 **settings.kafka_client_options())
     consumer = AIOKafkaConsumer(settings.recommendations_topic, settings.dead_letter_topic,
-                                bootstrap_servers=settings.bootstrap_servers, group_id=None,
+                                bootstrap_servers=settings.bootstrap_servers, fetch_max_wait_ms=settings.fetch_max_wait_ms, group_id=None,
                                 auto_offset_reset="latest", **settings.kafka_client_options())
     await producer.start()
     await consumer.start()

@@ -41,6 +41,7 @@ class Settings:
     catalog_topic: str = "catalog"
     partitions: int = 4
     replication_factor: int = 1
+    fetch_max_wait_ms: int = 25              # longest a consumer fetch waits for data (latency bound)
     session_timeout_s: float = 10.0          # consumer group: a worker silent this long is replaced
     # -- processing --------------------------------------------------------------------------------
     batch_size: int = 256                    # most events per micro-batch

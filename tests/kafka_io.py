@@ -30,7 +30,7 @@ async def read_topic(settings, topic: str, *, until: Callable[[list], bool], tim
     """All messages of ``topic`` from the start, read until ``until(messages)`` or the timeout."""
     from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.bootstrap_servers, group_id=None,
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.bootstrap_servers, fetch_max_wait_ms=settings.fetch_max_wait_ms, group_id=None,
                                 auto_offset_reset="earliest", enable_auto_commit=False)
     await consumer.start()
     out: list = []
