@@ -65,7 +65,6 @@ class BatchHandler:
         self.pseudonymise_id = None  # str -> str, the same keyed hash for control messages
 
     async def handle(self, events: Sequence[Any]) -> None:
-
         metrics = self.s.metrics
         by_user: OrderedDict[str, list[tuple[Event | None, Any]]] = OrderedDict()
         for ev in events:
