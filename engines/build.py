@@ -39,6 +39,7 @@ def build_engine(backend: str, out: str | Path, *, precision: str | None = None,
     precision = precision or DEFAULT_PRECISION[backend]
     if precision not in PRECISIONS[backend]:
         raise EngineError(f"{backend} builds {', '.join(PRECISIONS[backend])}, not {precision}")
+    _check_machine(backend)
     src = resolve_model_dir(model_dir)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -87,6 +88,24 @@ def build_engine(backend: str, out: str | Path, *, precision: str | None = None,
     write_manifest(out, replace(manifest, parity=report.as_dict()))
     log.info("built %s %s engine in %s: %s", backend, precision, out, report)
     return out
+
+
+def _check_machine(backend: str) -> None:
+    """Fail before exporting anything when this machine cannot build or run ``backend``."""
+    from engines.errors import BackendUnavailableError
+
+    if backend == "tensorrt":
+        from engines.backends.tensorrt import import_tensorrt, tensorrt_available
+
+        import_tensorrt()
+        ok, why = tensorrt_available()
+        if not ok:
+            raise BackendUnavailableError(f"cannot build a TensorRT plan here: {why}")
+    elif backend == "torch-cuda":
+        from engines.backends.torch_cuda import cuda_available
+
+        if not cuda_available():
+            raise BackendUnavailableError("torch-cuda artifacts are checked on the GPU: no CUDA GPU here")
 
 
 def check_artifact(folder: str | Path, model_dir: str | Path, precision: str, n_texts: int = 512,

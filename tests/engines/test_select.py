@@ -56,3 +56,12 @@ def test_importing_engines_needs_no_optional_dependency():
             "engines.backends.torch_cuda; "
             "assert 'torch' not in sys.modules and 'stream' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_building_tensorrt_without_the_extra_fails_before_exporting(monkeypatch, tmp_path):
+    from engines.build import build_engine
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(MissingExtraError, match=r"pip install 'shopstream\[tensorrt\]'"):
+        build_engine("tensorrt", tmp_path / "trt")
+    assert not (tmp_path / "trt").exists()
