@@ -21,6 +21,7 @@ import heapq
 import logging
 import os
 import re
+import signal
 import time
 from collections import Counter, OrderedDict
 from dataclasses import asdict, dataclass, field
@@ -346,7 +347,8 @@ class Replay:
                 self.checkpoint_path.unlink(missing_ok=True)
             else:
                 save()          # interrupted (or max_batches): carry on from here next time
-                log.info("replay stopped; checkpoint at %s", self.checkpoint_path)
+                log.warning("replay stopped after %d events; the same command resumes from %s",
+                            counts["events"], self.checkpoint_path)
         return ReplaySummary(
             self.topic, self.output, events_read=counts["events"], recommendations_written=counts["recommendations"],
             dead_lettered=counts["dead_lettered"], dead_letter_reasons=dict(counts["reasons"]),
@@ -498,7 +500,22 @@ def _progress(total: int, done: int, enabled: bool):
 
 
 def run_replay(settings: Settings, **kwargs: Any) -> ReplaySummary:
-    return asyncio.run(Replay(settings, **kwargs).run())
+    """Run a replay; SIGINT or SIGTERM stops it at a checkpoint and raises KeyboardInterrupt."""
+
+    async def main() -> ReplaySummary:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, task.cancel)
+            except (NotImplementedError, RuntimeError, ValueError):   # not the main thread / Windows
+                pass
+        try:
+            return await Replay(settings, **kwargs).run()
+        except asyncio.CancelledError:
+            raise KeyboardInterrupt from None
+
+    return asyncio.run(main())
 
 
 __all__ = ["Bound", "Checkpoint", "Replay", "ReplaySummary", "parse_bound", "run_replay"]

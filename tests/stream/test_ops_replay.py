@@ -103,3 +103,39 @@ def test_replay_slices_by_time_and_offset_and_dry_run(replay_setup, capsys):
         main(["replay", "--broker", settings.broker, "--topic", settings.events_topic,
               "--output", settings.events_topic, "--dry-run"])
     assert "must not be the topic being replayed" in capsys.readouterr().err
+
+
+def test_sigterm_stops_replay_at_a_checkpoint_that_the_same_command_resumes(replay_setup, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from stream.replay import Replay, parse_bound
+
+    settings, services, wave1, wave2, _ = replay_setup
+    ckpt = tmp_path / "cli.json"
+    env = dict(os.environ, SHOPSTREAM_BROKER=settings.broker, SHOPSTREAM_APP_ID=settings.app_id,
+               SHOPSTREAM_EVENTS_TOPIC=settings.events_topic, SHOPSTREAM_BATCH_SIZE="32",
+               SHOPSTREAM_INDEX_PATH=str(settings.index_path), SHOPSTREAM_ENCODER_BACKEND="torch")
+    proc = subprocess.Popen([sys.executable, "-m", "stream", "replay", "--output", "replay-cli", "--rate", "20",
+                             "--checkpoint", str(ckpt), "--no-progress"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ckpt.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)              # the first periodic checkpoint: some batches are done
+        assert ckpt.exists(), proc.stderr.read() if proc.poll() is not None else "no checkpoint"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "the same command resumes" in err
+    done = orjson.loads(ckpt.read_bytes())["counts"]["events"]
+    assert 0 < done < len(wave1) + len(wave2) + len(BAD)
+
+    rest = run(Replay(settings, start=parse_bound("start"), end=parse_bound("end"), output="replay-cli",
+                      checkpoint=ckpt, batch_size=32, progress=False, services=services).run())
+    assert rest.resumed_at == done
+    assert rest.events_read == len(wave1) + len(wave2) + len(BAD) and not ckpt.exists()
