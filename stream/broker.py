@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from stream.errors import BrokerError, ConfigError
+from stream.processes import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class EmbeddedBroker:
             [binary, "broker", "--listener-url", f"tcp://{self.host}:{self.port}",
              "--advertised-listener-url", f"tcp://{self.host}:{self.port}",
              "--storage-engine", "memory://tansu/"],
-            stdout=out, stderr=out, env=env, start_new_session=True)
+            stdout=out, stderr=out, env=env, start_new_session=True, preexec_fn=die_with_parent)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:

@@ -16,6 +16,7 @@ from typing import Callable
 
 import orjson
 
+from stream.processes import die_with_parent
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,8 @@ def start_worker_process(settings: Settings, log_path: Path, extra_env: dict | N
     fh = open(log_path, "ab")
     try:
         return subprocess.Popen([sys.executable, "-m", "stream", "worker", *(args or [])], stdout=fh,
-                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                preexec_fn=die_with_parent)
     finally:
         fh.close()
 

@@ -33,6 +33,9 @@ def register(cli: click.Group) -> None:
     def e2e(n_events, rate, users, bad_share, partitions, broker, as_json) -> None:
         """Drive N events through broker, worker and the recommendations topic."""
         from stream.bench_e2e import render, run_e2e_bench
+        from stream.processes import terminate_on_sigterm
+
+        terminate_on_sigterm()
 
         result = run_e2e_bench(n_events=n_events, rate=rate, users=users, bad_share=bad_share,
                                partitions=partitions, broker=broker, progress=not as_json)

@@ -30,6 +30,9 @@ def register(cli: click.Group) -> None:
         from stream.settings import Settings
         from stream.topics import ensure_topics
 
+        from stream.processes import terminate_on_sigterm
+
+        terminate_on_sigterm()
         embedded = None
         worker = None
         try:
