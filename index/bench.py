@@ -18,6 +18,7 @@ import math
 import os
 import sys
 import time
+from typing import Sequence
 
 import numpy as np
 
@@ -79,21 +80,20 @@ def recall_at(found: list[list[int]], truth: np.ndarray, k: int) -> float:
     return hits / (k * len(truth))
 
 
-def _qps(fn, queries: np.ndarray, batch: int, min_s: float = 2.0) -> float:
+def _qps(fn, queries: np.ndarray, batch: int) -> float:
+    """Queries per second over one pass of distinct queries (repeating them would warm the caches)."""
     fn(queries[:batch])                                  # warm-up
     done, t0 = 0, time.perf_counter()
-    while True:
-        for lo in range(0, len(queries) - batch + 1, batch):
-            fn(queries[lo:lo + batch])
-            done += batch
-        if time.perf_counter() - t0 >= min_s:
-            break
+    for lo in range(0, len(queries) - batch + 1, batch):
+        fn(queries[lo:lo + batch])
+        done += batch
     return done / (time.perf_counter() - t0)
 
 
 def run_index_bench(*, items: int, dim: int = 384, kind: str = "auto", device: str = "cpu",
-                    queries: int = 1000, k: int = 10, params: IndexParams | None = None,
-                    updates: int = 2000, seed: int = 0, min_s: float = 2.0, spread: float = SPREAD) -> dict:
+                    queries: int = 5000, k: int = 10, params: IndexParams | None = None,
+                    updates: int = 2000, seed: int = 0, spread: float = SPREAD,
+                    ef_sweep: Sequence[int] = (32, 48, 64, 96), compact: bool = True) -> dict:
     """Measure one index configuration; returns a JSON-ready dict."""
     if device != "cpu":
         return run_gpu_bench(items=items, dim=dim, queries=queries, k=k, seed=seed, updates=updates)
@@ -117,8 +117,17 @@ def run_index_bench(*, items: int, dim: int = 384, kind: str = "auto", device: s
 
     found = index.search(qs, k)
     recall = recall_at([[int(c.product_id[1:]) for c in row] for row in found], truth, k)
-    raw = {b: _qps(lambda q: structure.search(q, k), qs, b, min_s) for b in (1, 64)}
-    qps = {b: _qps(lambda q: index.search(q, k), qs, b, min_s) for b in (1, 64)}
+    raw = {b: _qps(lambda q: structure.search(q, k), qs, b) for b in (1, 64)}
+    qps = {b: _qps(lambda q: index.search(q, k), qs, b) for b in (1, 64)}
+    sweep = []
+    if index.search_kind == "hnsw":
+        for ef in ef_sweep:                              # the same graph, other efSearch values
+            structure._faiss.hnsw.efSearch = ef
+            rows = index.search(qs, k)
+            sweep.append({"ef_search": ef, f"recall_at_{k}": round(recall_at(
+                [[int(c.product_id[1:]) for c in row] for row in rows], truth, k), 4),
+                "qps_batch1": round(_qps(lambda q: index.search(q, k), qs, 1), 1)})
+        structure._faiss.hnsw.efSearch = params.hnsw_ef_search
 
     filtered = _filtered_run(index, qs, truth, k, seed)
 
@@ -134,8 +143,9 @@ def run_index_bench(*, items: int, dim: int = 384, kind: str = "auto", device: s
         index.remove(gone[lo:lo + 100])
     delete_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    index.compact()
-    compact_s = time.perf_counter() - t0
+    if compact:
+        index.compact()
+    compact_s = time.perf_counter() - t0 if compact else None
     return {
         "bench": "index", "items": items, "dim": dim, "spread": spread, "kind": index.search_kind, "device": "cpu",
         "params": params.to_dict() if kind != "flat" else {}, "k": k, "queries": queries,
@@ -147,7 +157,7 @@ def run_index_bench(*, items: int, dim: int = 384, kind: str = "auto", device: s
         "structure_mb": round(index.stats()["structure_bytes"] / 1e6, 1),
         "rss_growth_mb": round((rss1 - rss0) / 1e6, 1),
         "upserts_per_s": round(updates / upsert_s, 1), "deletes_per_s": round(len(gone) / delete_s, 1),
-        "compact_s": round(compact_s, 2), **filtered,
+        "compact_s": compact_s and round(compact_s, 2), **filtered, "ef_sweep": sweep,
     }
 
 
@@ -317,7 +327,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--kind", default="auto")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--queries", type=int, default=5000)
+    ap.add_argument("--no-compact", action="store_true")
     ap.add_argument("--ef-search", type=int, default=None)
     ap.add_argument("--spread", type=float, default=SPREAD)
     ap.add_argument("--json", action="store_true")
@@ -327,7 +338,7 @@ def main(argv: list[str] | None = None) -> None:
     params = IndexParams(hnsw_ef_search=a.ef_search) if a.ef_search else None
     for n in a.items:
         r = run_index_bench(items=n, dim=a.dim, kind=a.kind, device=a.device, queries=a.queries,
-                            params=params, spread=a.spread)
+                            params=params, spread=a.spread, compact=not a.no_compact)
         line = json.dumps(r)
         if a.out:
             with open(a.out, "a") as fh:
