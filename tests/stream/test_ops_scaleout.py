@@ -129,6 +129,10 @@ def test_kill_9_mid_stream_then_restart_loses_nothing(settings_factory, worker_f
     run(_produce_killing(settings, events, kill_at=200, victim=worker, rate=100.0))
     worker.wait()
     assert worker.returncode == -signal.SIGKILL
+    before = _reflected(run(read_topic(settings, settings.recommendations_topic, until=lambda m: False,
+                                       timeout=3)))
+    assert before, "the worker was processing when it was killed"
+    assert not before & {e["event_id"] for e in events[200:]}, "nothing sent after the kill was processed"
     started = time.monotonic()
     worker_factory(settings, name="restarted")
     msgs = _wait_reflected(settings, {e["event_id"] for e in events})
