@@ -61,13 +61,14 @@ def rss_bytes() -> int:
         return 0
 
 
-def exact_top(base: np.ndarray, queries: np.ndarray, k: int, chunk: int = 250_000) -> np.ndarray:
-    """Exact float32 top-k ids by inner product (numpy, chunked; no FAISS needed)."""
+def exact_top(base: np.ndarray, queries: np.ndarray, k: int, max_scores: int = 100_000_000) -> np.ndarray:
+    """Exact float32 top-k ids by inner product (numpy, chunked to ``max_scores`` scores at a time)."""
     best_s = np.full((len(queries), k), -np.inf, np.float32)
     best_i = np.zeros((len(queries), k), np.int64)
+    chunk = max(k, max_scores // max(len(queries), 1))
     for lo in range(0, len(base), chunk):
         s = queries @ base[lo:lo + chunk].T
-        part = np.argpartition(-s, k - 1, axis=1)[:, :k]
+        part = np.argpartition(s, s.shape[1] - k, axis=1)[:, -k:]
         cand_s = np.concatenate([best_s, np.take_along_axis(s, part, 1)], axis=1)
         cand_i = np.concatenate([best_i, part + lo], axis=1)
         order = np.argsort(-cand_s, axis=1)[:, :k]
