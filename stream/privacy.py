@@ -11,8 +11,6 @@ import dataclasses
 import hashlib
 import hmac
 import logging
-from typing import Callable
-
 from stream.errors import BrokerError, ConfigError
 from stream.schema import Event
 from stream.settings import Settings
@@ -33,29 +31,39 @@ def pseudonym(key: str | bytes, user_id: str) -> str:
     return PSEUDONYM_PREFIX + digest[:PSEUDONYM_HEX]
 
 
-def pseudonymiser(key: str | bytes) -> Callable[[Event], Event]:
-    """An Event -> Event function for ``BatchHandler.pseudonymise``.
+class Pseudonymiser:
+    """Event -> Event with user and session ids replaced by their keyed hashes (for
+    ``BatchHandler.pseudonymise`` and the replay); :meth:`user_id` maps a bare user id.
 
     The session id is hashed as well (storefronts often derive it from a cookie or the user id);
     event ids, products and queries are kept.
     """
-    if not key:
-        raise ConfigError("a pseudonymisation key must not be empty")
-    cache: dict[str, str] = {}
 
-    def hashed(value: str) -> str:
-        out = cache.get(value)
+    def __init__(self, key: str | bytes) -> None:
+        if not key:
+            raise ConfigError("a pseudonymisation key must not be empty")
+        self._key = key
+        self._cache: dict[str, str] = {}
+
+    def user_id(self, value: str) -> str:
+        out = self._cache.get(value)
         if out is None:
-            if len(cache) > 200_000:
-                cache.clear()
-            out = cache[value] = pseudonym(key, value)
+            if len(self._cache) > 200_000:
+                self._cache.clear()
+            out = self._cache[value] = pseudonym(self._key, value)
         return out
 
-    def apply(event: Event) -> Event:
-        return dataclasses.replace(event, user_id=hashed(event.user_id),
-                                   session_id=hashed(SESSION_SALT + event.session_id))
+    def __call__(self, event: Event) -> Event:
+        return dataclasses.replace(event, user_id=self.user_id(event.user_id),
+                                   session_id=self.user_id(SESSION_SALT + event.session_id))
 
-    return apply
+    def __repr__(self) -> str:
+        return "Pseudonymiser(key=**********)"
+
+
+def pseudonymiser(key: str | bytes) -> Pseudonymiser:
+    """An Event -> Event callable for ``BatchHandler.pseudonymise``."""
+    return Pseudonymiser(key)
 
 
 def state_key(settings: Settings, user_id: str) -> str:
@@ -64,11 +72,24 @@ def state_key(settings: Settings, user_id: str) -> str:
 
 
 async def forget(settings: Settings, user_id: str) -> tuple[str, int]:
-    """Erase ``user_id``'s session: a tombstone (key, no value) in the sessions changelog.
+    """Erase ``user_id``'s session, whether or not workers are running. Returns (table key, partition).
 
-    Workers that (re)load the table after this -- a restart, a rebalance -- no longer have the
-    session; compaction then removes the old values from the log. Returns (table key, partition).
+    Two messages: a ``forget`` control message on the events topic
+    (:func:`stream.clients.request_forget`), which the worker owning the user applies in order with
+    the user's events -- dropping the session from memory and writing the tombstone itself -- and
+    a tombstone (key, no value) written to the sessions changelog right away, so the session is
+    gone from the log even while no worker runs. Compaction then removes the old values.
     """
+    from stream.clients import request_forget
+
+    if not user_id.strip():
+        raise ConfigError("the user id to forget must not be empty")
+    await request_forget(settings, user_id)
+    return await write_tombstone(settings, user_id)
+
+
+async def write_tombstone(settings: Settings, user_id: str) -> tuple[str, int]:
+    """A tombstone for ``user_id``'s session in the sessions changelog, on the user's partition."""
     from aiokafka import AIOKafkaProducer
     from aiokafka.errors import KafkaError
     from aiokafka.partitioner import DefaultPartitioner

@@ -318,7 +318,11 @@ class Replay:
                 if sends:
                     await asyncio.gather(*sends)
                 # the batch is out: commit it to the in-memory state (no await from here on)
-                sessions.update(states)
+                for user_id, state in states.items():
+                    if state is None:
+                        sessions.pop(user_id, None)
+                    else:
+                        sessions[user_id] = state
                 popularity_at_boundary = Counter(recommender.popularity)
                 for msg in batch:
                     positions[msg.partition] = msg.offset + 1
@@ -356,12 +360,23 @@ class Replay:
             slice=ckpt.slice)
 
     async def _process(self, batch, sessions, recommender, services, pseudonymise):
-        """The worker's batch steps, on this replay's own sessions; nothing is committed here."""
+        """The worker's batch steps, on this replay's own sessions; nothing is committed here.
+
+        Returns (recommendations, {user: state bytes, or None for a forgotten session}, dead letters).
+        """
+        from stream.handler import CONTROL_HEADER, FORGET
         from stream.recommender import UserBatch
 
         dead: Counter = Counter()
         by_user: OrderedDict[str, list] = OrderedDict()
         for msg in batch:
+            if (CONTROL_HEADER, FORGET) in (msg.headers or ()) and msg.key:
+                # `shopstream forget` as the worker applies it: the session restarts from nothing here
+                user_id = msg.key.decode("utf-8", "replace")
+                if pseudonymise is not None:
+                    user_id = pseudonymise.user_id(user_id)
+                by_user.setdefault(user_id, []).append(None)
+                continue
             try:
                 try:
                     parsed = services.validator.parse(msg.value)
@@ -375,15 +390,19 @@ class Replay:
             if pseudonymise is not None:
                 parsed = pseudonymise(parsed)
             by_user.setdefault(parsed.user_id, []).append(parsed)
-        if not by_user:
-            return [], {}, dead
         users, states = [], {}
-        for user_id, events in by_user.items():
+        for user_id, items in by_user.items():
             state = session_state.loads(sessions.get(user_id))
-            for ev in events:
-                state = session_state.fold(state, ev, services.limits)
-            users.append(UserBatch(user_id, state, events))
-        batch_time = max(ev.ts for evs in by_user.values() for ev in evs)
+            for ev in items:
+                state = None if ev is None else session_state.fold(state, ev, services.limits)
+            events = [ev for ev in items if ev is not None]
+            if events:
+                users.append(UserBatch(user_id, state, events))
+            else:
+                states[user_id] = None
+        if not users:
+            return [], states, dead
+        batch_time = max(ev.ts for ub in users for ev in ub.events)
         recommender.clock = lambda: batch_time     # produced_at: event time, not wall time
         recs = await asyncio.to_thread(recommender.recommend, users)
         for ub in users:

@@ -15,13 +15,14 @@ def register(cli: click.Group) -> None:
     def forget(settings, user_id: str) -> None:
         """Erase USER_ID's session state.
 
-        Writes a tombstone to the sessions changelog, keyed by the user id (or by its keyed hash
-        when SHOPSTREAM_PSEUDONYMISE_KEY is set). Workers drop the session when they next load the
-        table (restart or rebalance); restart running workers to drop it from memory at once.
+        Running workers drop the session in order with the user's events (a control message on
+        the events topic) and a tombstone goes to the sessions changelog at once, keyed by the user
+        id (or its keyed hash when SHOPSTREAM_PSEUDONYMISE_KEY is set), so the erasure survives
+        restarts and holds even while no worker runs.
         """
         from stream.privacy import forget as forget_user
         from stream.topics import changelog_topic
 
         _, partition = asyncio.run(forget_user(settings, user_id))
-        click.echo(f"forgot {user_id}: tombstone written to {changelog_topic(settings)} "
-                   f"partition {partition}; restart running workers to drop it from memory now")
+        click.echo(f"forgot {user_id}: forget request on {settings.events_topic} and tombstone in "
+                   f"{changelog_topic(settings)}, partition {partition}")

@@ -139,3 +139,26 @@ def test_sigterm_stops_replay_at_a_checkpoint_that_the_same_command_resumes(repl
                       checkpoint=ckpt, batch_size=32, progress=False, services=services).run())
     assert rest.resumed_at == done
     assert rest.events_read == len(wave1) + len(wave2) + len(BAD) and not ckpt.exists()
+
+
+def test_replay_applies_forget_requests_in_order(settings_factory, index_snapshot, catalog_products):
+    from stream.clients import request_forget
+    from stream.replay import Replay, parse_bound
+    from stream.services import load_services
+    from tests.stream.test_ops_privacy import _neighbours
+
+    settings = settings_factory()
+    y, x = _neighbours(index_snapshot, catalog_products)
+    base = int(time.time() * 1000) - 60_000
+    run(produce_raw(settings, [keyed(event(1, "kept", "purchase", item=x, ts_ms=base)),
+                               keyed(event(2, "gone", "purchase", item=x, ts_ms=base))]))
+    run(request_forget(settings, "gone"))
+    run(produce_raw(settings, [keyed(event(3, "kept", "view", item=y, ts_ms=base + 1000)),
+                               keyed(event(4, "gone", "view", item=y, ts_ms=base + 1000))]))
+    # batches of one message: the forget request falls between the purchase and the view
+    summary = run(Replay(settings, start=parse_bound("start"), end=parse_bound("end"), output="replay-forget",
+                         batch_size=1, progress=False, services=load_services(settings), fresh=True).run())
+    assert (summary.events_read, summary.dead_lettered) == (5, 0)
+    recs = recs_of(run(read_topic(settings, "replay-forget", until=lambda m: len(m) >= 4)))
+    items = {r["event_ids"][0]: [i["product_id"] for i in r["items"]] for r in recs}
+    assert x not in items["e3"] and x in items["e4"]
