@@ -1,0 +1,164 @@
+"""The learned session encoder: a small causal transformer over a shopper's event sequence.
+
+Each event is a text-derived vector (a product's title vector, or a search query's vector), an
+event type and the time since the previous event. The output at the newest position is the
+shopper's embedding, a unit vector in the same space as the product index.
+
+Products keep text-derived vectors: ``ItemTower`` maps a title's MiniLM vector to its index vector,
+``normalize(t + MLP(t))`` (the MLP starts at zero, so training starts from the plain text space).
+A product added after training gets its vector from its title alone; nothing is learned per id.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+#: Time-gap codes: 0 padding, 1 unknown (no clock), 2 first event, 3.. log2 buckets of seconds.
+GAP_PAD, GAP_UNKNOWN, GAP_FIRST, GAP_BASE = 0, 1, 2, 3
+N_GAPS = 32
+N_KINDS = 6      # padding + the five event types of engines.session.EVENT_TYPES
+
+
+def gap_codes(times: np.ndarray) -> np.ndarray:
+    """Code of the time since the previous event, per event (oldest first); NaN times -> unknown."""
+    times = np.asarray(times, dtype=np.float64)
+    out = np.full(len(times), GAP_UNKNOWN, dtype=np.int64)
+    if len(times) == 0:
+        return out
+    gaps = np.diff(times)
+    known = np.isfinite(gaps)
+    buckets = GAP_BASE + np.minimum(N_GAPS - 1 - GAP_BASE, np.floor(np.log2(1.0 + np.maximum(gaps, 0.0), where=known,
+                                                                              out=np.zeros_like(gaps))))
+    out[1:] = np.where(known, buckets, GAP_UNKNOWN).astype(np.int64)
+    out[0] = GAP_FIRST if np.isfinite(times[0]) else GAP_UNKNOWN
+    return out
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    text_dim: int = 384
+    d_model: int = 128
+    layers: int = 2
+    heads: int = 2
+    ffn: int = 256
+    max_len: int = 50
+    dropout: float = 0.2
+    item_tower: bool = True
+    item_hidden: int = 512
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ItemTower(nn.Module):
+    """Text vector -> index vector: ``normalize(t + MLP(t))``, the identity at initialisation."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(dropout)
+        nn.init.zeros_(self.fc2.weight)
+        nn.init.zeros_(self.fc2.bias)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return F.normalize(t + self.fc2(self.drop(F.gelu(self.fc1(t)))), dim=-1)
+
+
+class Block(nn.Module):
+    """Pre-norm causal self-attention and feed-forward, written out so ONNX export is plain ops."""
+
+    def __init__(self, d: int, heads: int, ffn: int, dropout: float) -> None:
+        super().__init__()
+        if d % heads:
+            raise ValueError(f"d_model {d} is not divisible by heads {heads}")
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.ff = nn.Sequential(nn.Linear(d, ffn), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn, d))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        h = self.heads
+        q, k, v = self.qkv(self.ln1(x)).reshape(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4)
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(d // h)) + bias
+        att = self.drop(torch.softmax(att, dim=-1))
+        y = (att @ v).transpose(1, 2).reshape(b, n, d)
+        x = x + self.drop(self.proj(y))
+        return x + self.drop(self.ff(self.ln2(x)))
+
+
+class SessionTransformer(nn.Module):
+    """User tower: (vectors, kinds, gaps) of left-padded sequences -> a unit vector per position."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.item_tower = ItemTower(cfg.text_dim, cfg.item_hidden, cfg.dropout) if cfg.item_tower else None
+        self.inp = nn.Linear(cfg.text_dim, cfg.d_model)
+        self.kind = nn.Embedding(N_KINDS, cfg.d_model)
+        self.gap = nn.Embedding(N_GAPS, cfg.d_model)
+        self.pos = nn.Embedding(cfg.max_len, cfg.d_model)
+        self.ln_in = nn.LayerNorm(cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg.d_model, cfg.heads, cfg.ffn, cfg.dropout) for _ in range(cfg.layers))
+        self.ln_out = nn.LayerNorm(cfg.d_model)
+        self.out = nn.Linear(cfg.d_model, cfg.text_dim)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(20.0)))
+
+    def items(self, text_vectors: torch.Tensor) -> torch.Tensor:
+        """Index vectors of products (or queries) from their text vectors."""
+        return self.item_tower(text_vectors) if self.item_tower is not None else F.normalize(text_vectors, dim=-1)
+
+    def encode(self, vectors: torch.Tensor, kinds: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
+        """``(B, L, text_dim)`` index-space vectors, right-aligned; kind 0 marks padding."""
+        b, n, _ = vectors.shape
+        pad = kinds == 0
+        # reverse positions: the newest event is position 0 whatever the length
+        pos = torch.arange(n - 1, -1, -1, device=vectors.device).clamp(max=self.cfg.max_len - 1)
+        x = self.inp(vectors) + self.kind(kinds) + self.gap(gaps) + self.pos(pos)[None]
+        x = self.drop(self.ln_in(x))
+        causal = torch.ones(n, n, dtype=torch.bool, device=vectors.device).tril()
+        allowed = causal[None, :, :] & ~pad[:, None, :]
+        bias = torch.where(allowed, 0.0, -1e9).to(x.dtype)[:, None, :, :]
+        for block in self.blocks:
+            x = block(x, bias)
+        # skip from each event's own vector: at initialisation (``out`` is zero) the embedding is the
+        # newest event's vector, i.e. last-item nearest neighbours; training learns the correction
+        return F.normalize(vectors + self.out(self.ln_out(x)), dim=-1)
+
+    def forward(self, vectors: torch.Tensor, kinds: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
+        """The shopper's embedding: the output at the newest (last) position, ``(B, text_dim)``."""
+        return self.encode(vectors, kinds, gaps)[:, -1, :]
+
+
+def pack(tokens: list[np.ndarray], kinds: list[np.ndarray], times: list[np.ndarray],
+         max_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Right-align sequences into ``(B, L)`` arrays: token ids (-1 padding), kind and gap codes.
+
+    ``L`` is the longest sequence, capped at ``max_len`` (older events are dropped); gap codes are
+    computed before truncation so the oldest kept event still knows its gap.
+    """
+    if not tokens:
+        raise ValueError("pack needs at least one sequence")
+    n = max(1, min(max_len, max(len(t) for t in tokens)))
+    tok = np.full((len(tokens), n), -1, dtype=np.int64)
+    kin = np.zeros((len(tokens), n), dtype=np.int64)
+    gap = np.zeros((len(tokens), n), dtype=np.int64)
+    for i, (t, k, ts) in enumerate(zip(tokens, kinds, times)):
+        m = min(len(t), n)
+        if m == 0:
+            continue
+        tok[i, n - m:] = t[-m:]
+        kin[i, n - m:] = k[-m:]
+        gap[i, n - m:] = gap_codes(ts)[-m:]
+    return tok, kin, gap

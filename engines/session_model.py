@@ -1,0 +1,243 @@
+"""The trained session encoder at serving time: load an artifact, embed sessions, map titles to
+product vectors. ``stream.services`` calls :func:`load_session_encoder` when
+``SHOPSTREAM_SESSION_ENCODER`` names an artifact; ``shopstream train`` writes artifacts.
+
+An artifact is a folder::
+
+    manifest.json               format, model version, text model version, config, training record
+    weights.pt                  PyTorch state dict (the reference backend)
+    session_encoder.onnx        the user tower (fp32); .fp16.onnx and .int8.onnx variants optional
+    item_tower.onnx             text vector -> product vector (absent when there is no item tower)
+
+Products keep text-derived vectors: with an item tower the index must be built from
+:func:`item_vectors` of the title vectors (``item_space`` in the manifest says so); without one the
+plain text index serves as is.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from engines.errors import ArtifactError, MissingExtraError
+from engines.session import SessionSequence
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+WEIGHTS = "weights.pt"
+ONNX_FILES = {"fp32": "session_encoder.onnx", "fp16": "session_encoder.fp16.onnx",
+              "int8": "session_encoder.int8.onnx"}
+ITEM_TOWER_ONNX = "item_tower.onnx"
+BACKENDS = ("torch", "onnxruntime")
+
+
+def read_manifest(folder: str | Path) -> dict:
+    folder = Path(folder)
+    try:
+        m = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArtifactError(f"{folder}: not a session encoder artifact (no {MANIFEST}); "
+                            "make one with `shopstream train`") from None
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{folder}/{MANIFEST} is corrupt: {exc}") from None
+    if m.get("format") != FORMAT or m.get("kind") != "session-encoder":
+        raise ArtifactError(f"{folder}: unsupported artifact (format {m.get('format')!r}, kind {m.get('kind')!r})")
+    return m
+
+
+def save_artifact(model, out_dir: str | Path, *, text_model_version: str, record: dict) -> Path:
+    """Write ``weights.pt`` and ``manifest.json``; the model version hashes the weights."""
+    import io
+
+    import torch
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    raw = buf.getvalue()
+    (out_dir / WEIGHTS).write_bytes(raw)
+    version = "session-tf-" + hashlib.sha256(raw).hexdigest()[:12]
+    manifest = {"format": FORMAT, "kind": "session-encoder", "model_version": version,
+                "text_model_version": text_model_version, "dim": model.cfg.text_dim,
+                "item_space": "item-tower" if model.cfg.item_tower else "text",
+                "config": model.cfg.to_dict(), **record}
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_plain), encoding="utf-8")
+    return out_dir
+
+
+def _plain(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} to a manifest")
+
+
+def load_torch_model(folder: str | Path):
+    import torch
+
+    from engines.learn.model import ModelConfig, SessionTransformer
+
+    m = read_manifest(folder)
+    model = SessionTransformer(ModelConfig(**m["config"]))
+    try:
+        state = torch.load(Path(folder) / WEIGHTS, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except (OSError, RuntimeError) as exc:
+        raise ArtifactError(f"{folder}/{WEIGHTS}: cannot load weights: {exc}") from None
+    model.eval()
+    return model
+
+
+class TrainedSessionEncoder:
+    """:class:`engines.session.SessionEncoder` over a trained artifact, on PyTorch or onnxruntime.
+
+    ``embed`` takes sessions whose product rows are index vectors and whose search rows are text
+    vectors (what :class:`stream.recommender.Recommender` builds); search rows go through the item
+    tower first, like the titles did when the index was built.
+    """
+
+    def __init__(self, folder: str | Path, *, backend: str = "torch", precision: str = "fp32",
+                 threads: int | None = None) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown session encoder backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+        if precision not in ONNX_FILES or (backend == "torch" and precision != "fp32"):
+            raise ValueError(f"precision {precision!r} is not available on backend {backend!r}")
+        self.folder = Path(folder)
+        self.backend = backend
+        self.precision = precision
+        self.threads = threads
+        self.name = f"session-transformer-{backend}" + ("" if precision == "fp32" else f"-{precision}")
+        self.dim = 0
+        self.model_version = ""
+        self.max_len = 0
+        self.item_space = "text"
+        self._torch = None
+        self._ort = None
+        self._ort_items = None
+
+    def load(self) -> "TrainedSessionEncoder":
+        m = read_manifest(self.folder)
+        self.dim, self.max_len, self.item_space = m["dim"], m["config"]["max_len"], m["item_space"]
+        self.model_version = m["model_version"] + ("" if self.precision == "fp32" else f"-{self.precision}")
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(self.threads)
+        self._torch = load_torch_model(self.folder)     # item tower on torch for index builds
+        if self.backend == "onnxruntime":
+            self._ort = _ort_session(self.folder / ONNX_FILES[self.precision], self.threads)
+            if self.item_space == "item-tower":
+                self._ort_items = _ort_session(self.folder / ITEM_TOWER_ONNX, self.threads)
+        log.info("session encoder %s %s (%s)", self.name, self.model_version, self.folder)
+        return self
+
+    # -- product space -----------------------------------------------------------------------
+    def item_vectors(self, text_vectors: np.ndarray, batch_size: int = 8192) -> np.ndarray:
+        """Index vectors of products (or queries) from their title (or query) text vectors."""
+        text_vectors = np.ascontiguousarray(text_vectors, dtype=np.float32)
+        if self._ort_items is not None:
+            return np.concatenate([self._ort_items.run(None, {"text": text_vectors[i:i + batch_size]})[0]
+                                   for i in range(0, max(len(text_vectors), 1), batch_size)])
+        import torch
+
+        self._require()
+        with torch.inference_mode():
+            return self._torch.items(torch.from_numpy(text_vectors)).numpy()
+
+    # -- user embeddings ---------------------------------------------------------------------
+    def embed(self, sessions: Sequence[SessionSequence], now: Sequence[float]) -> np.ndarray:
+        from engines.learn.data import KIND_CODES
+        from engines.learn.model import pack
+
+        self._require()
+        out = np.zeros((len(sessions), self.dim), dtype=np.float32)
+        live = [i for i, s in enumerate(sessions) if len(s)]
+        if not live:
+            return out
+        search = KIND_CODES["search"]
+        rows, kinds, times = [], [], []
+        for i in live:
+            s = sessions[i]
+            k = np.array([KIND_CODES.get(x, KIND_CODES["view"]) for x in s.kinds], dtype=np.int64)
+            v = np.asarray(s.vectors, dtype=np.float32)[-self.max_len:]
+            k, t = k[-self.max_len:], np.asarray(s.timestamps, dtype=np.float64)[-self.max_len - 1:]
+            if self.item_space == "item-tower" and np.any(k == search):
+                v = v.copy()
+                v[k == search] = self.item_vectors(v[k == search])
+            rows.append(v)
+            kinds.append(k)
+            times.append(t)
+        # pack wants token ids: number the rows, pack, then gather the vectors
+        offsets = np.cumsum([0] + [len(v) for v in rows])
+        flat = np.concatenate(rows)
+        # times keep one event more than the vectors, so the oldest kept event knows its gap
+        tok, kin, gap = pack([np.arange(offsets[j], offsets[j + 1]) for j in range(len(rows))], kinds,
+                             times, self.max_len)
+        vecs = np.where((tok >= 0)[..., None], flat[np.maximum(tok, 0)], 0.0).astype(np.float32)
+        out[live] = self._run(vecs, kin, gap)
+        return out
+
+    def _run(self, vecs: np.ndarray, kinds: np.ndarray, gaps: np.ndarray) -> np.ndarray:
+        if self._ort is not None:
+            return self._ort.run(None, {"vectors": vecs, "kinds": kinds, "gaps": gaps})[0].astype(np.float32)
+        import torch
+
+        with torch.inference_mode():
+            return self._torch(torch.from_numpy(vecs), torch.from_numpy(kinds), torch.from_numpy(gaps)).numpy()
+
+    def _require(self) -> None:
+        if self._torch is None:
+            raise RuntimeError("call load() before using the session encoder")
+
+
+def _ort_session(path: Path, threads: int | None):
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise MissingExtraError("onnxruntime", "onnx", exc) from exc
+    if not path.is_file():
+        raise ArtifactError(f"{path}: no such ONNX file; run `shopstream train export` on the artifact")
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def load_session_encoder(path: str | Path, backend: str = "auto", *, threads: int | None = None) -> TrainedSessionEncoder:
+    """Load a trained session encoder.
+
+    ``path`` is an artifact folder, or one of its ``.onnx`` files to pick a precision
+    (``session_encoder.int8.onnx``). ``auto`` runs onnxruntime when the artifact has an fp32 ONNX
+    graph and onnxruntime is installed, PyTorch otherwise; the choice is logged.
+    """
+    path = Path(path)
+    precision = "fp32"
+    if path.suffix == ".onnx":
+        by_file = {f: p for p, f in ONNX_FILES.items()}
+        if path.name not in by_file:
+            raise ArtifactError(f"{path}: not one of the session encoder graphs ({', '.join(ONNX_FILES.values())})")
+        precision, path, backend = by_file[path.name], path.parent, "onnxruntime"
+    if backend == "auto":
+        backend = "torch"
+        if (path / ONNX_FILES["fp32"]).is_file():
+            try:
+                import onnxruntime  # noqa: F401
+                backend = "onnxruntime"
+            except ImportError:
+                log.info("onnxruntime is not installed; the session encoder runs on PyTorch")
+        log.info("session encoder backend: %s", backend)
+    return TrainedSessionEncoder(path, backend=backend, precision=precision, threads=threads).load()
+
+
+def item_vectors(path: str | Path, text_vectors: np.ndarray) -> np.ndarray:
+    """Product vectors for the index from title vectors: what ``shopstream index build`` stores
+    when the worker runs this session encoder (the identity, renormalised, without an item tower)."""
+    return load_session_encoder(path, backend="torch").item_vectors(text_vectors)

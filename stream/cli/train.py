@@ -1,0 +1,167 @@
+"""``shopstream train``: learn a session encoder from logged events and write an engine artifact.
+
+Sources: a data set (--dataset), the generic format (--items/--sequences), a JSONL event log
+(--events with --items), or the events topic itself (--from-topic: every event on it now, read
+from the beginning, validated with the published schema; products from --items or the catalogue).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+import click
+
+from stream.cli.evaluate import dataset_options, load_data, text_vectors_for
+from stream.cli.options import kafka_options, path_option
+
+log = logging.getLogger(__name__)
+
+
+async def read_events_topic(settings, *, max_events: int = 0, idle_s: float = 5.0) -> list[dict]:
+    """Every valid event on the events topic up to its current end (invalid ones are skipped)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from stream.errors import InvalidEvent
+    from stream.schema import EventValidator
+
+    validator = EventValidator(max_bytes=settings.max_event_bytes, max_future_skew_s=float("inf"))
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
+                                auto_offset_reset="earliest", **settings.kafka_client_options())
+    await consumer.start()
+    events, bad = [], 0
+    try:
+        parts = [TopicPartition(settings.events_topic, p)
+                 for p in (consumer.partitions_for_topic(settings.events_topic) or await _partitions(consumer, settings))]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        end = await consumer.end_offsets(parts)
+        remaining = {tp for tp in parts if end[tp] > 0}
+        while remaining:
+            batch = await consumer.getmany(timeout_ms=int(idle_s * 1000), max_records=5000)
+            if not batch:
+                log.warning("no events for %.0fs before the end offsets; stopping", idle_s)
+                break
+            for tp, msgs in batch.items():
+                for msg in msgs:
+                    try:
+                        events.append(validator.parse(msg.value, msg.key).to_dict())
+                    except InvalidEvent:
+                        bad += 1
+                    if msg.offset + 1 >= end[tp]:
+                        remaining.discard(tp)
+            if max_events and len(events) >= max_events:
+                break
+    finally:
+        await consumer.stop()
+    log.info("read %d events from %s (%d invalid skipped)", len(events), settings.events_topic, bad)
+    return events
+
+
+async def _partitions(consumer, settings) -> set[int]:
+    await consumer.client.force_metadata_update()
+    return consumer.partitions_for_topic(settings.events_topic) or set()
+
+
+def register(cli: click.Group) -> None:
+    @cli.command("train")
+    @dataset_options
+    @path_option("--out", required=True, help="Artifact folder to write (weights, manifest, ONNX graphs).")
+    @click.option("--epochs", type=click.IntRange(min=1), default=40, show_default=True)
+    @click.option("--patience", type=click.IntRange(min=1), default=4, show_default=True,
+                  help="Stop after this many epochs without a better validation NDCG@10.")
+    @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+    @click.option("--lr", type=float, default=1e-3, show_default=True)
+    @click.option("--d-model", type=click.IntRange(min=8), default=128, show_default=True)
+    @click.option("--layers", type=click.IntRange(min=1), default=2, show_default=True)
+    @click.option("--heads", type=click.IntRange(min=1), default=2, show_default=True)
+    @click.option("--dropout", type=float, default=0.2, show_default=True)
+    @click.option("--max-len", type=click.IntRange(min=2), default=50, show_default=True)
+    @click.option("--negatives", type=click.Choice(["full", "inbatch"]), default="full", show_default=True,
+                  help="Softmax over every product, or over the batch's targets.")
+    @click.option("--hard-negatives", type=click.IntRange(min=0), default=0, show_default=True,
+                  help="With --negatives inbatch: per target, products with the nearest titles.")
+    @click.option("--item-tower/--no-item-tower", default=True, show_default=True,
+                  help="Learn product vectors from title vectors (the index is built with them).")
+    @click.option("--seed", type=int, default=0, show_default=True)
+    @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
+    @click.option("--device", default="cpu", show_default=True, help="torch device: cpu or cuda.")
+    @click.option("--max-minutes", type=float, default=0.0, help="Stop training after this long (0: no limit).")
+    @click.option("--export/--no-export", default=True, show_default=True,
+                  help="Write ONNX fp32/fp16/int8 graphs and check parity (needs the onnx extra).")
+    @click.option("--backend", "encoder_backend", default=None, help="Text encoder backend (default auto).")
+    @click.option("--init", "init", type=click.Path(path_type=Path), default=None,
+                  help="Continue from this artifact's weights (same architecture).")
+    def train_cmd(data, out, epochs, patience, batch_size, lr, d_model, layers, heads, dropout, max_len,
+                  negatives, hard_negatives, item_tower, seed, threads, device, max_minutes, export,
+                  encoder_backend, init) -> None:
+        """Train the session encoder on next-product prediction (contrastive, early stopping)."""
+        from stream.settings import Settings
+
+        settings = Settings.from_env(encoder_backend=encoder_backend)
+        _train(data, settings, out, export=export, d_model=d_model, layers=layers, heads=heads, dropout=dropout,
+               max_len=max_len, item_tower=item_tower, lr=lr, batch_size=batch_size, epochs=epochs,
+               patience=patience, negatives=negatives, hard_negatives=hard_negatives, seed=seed,
+               threads=threads, device=device, max_minutes=max_minutes, init=init)
+
+    @cli.command("train-from-topic")
+    @kafka_options
+    @path_option("--items", default=None, help="Items file (default: the catalogue the index is built from).")
+    @path_option("--out", required=True)
+    @click.option("--max-events", type=click.IntRange(min=0), default=0, help="0: all of them.")
+    @click.option("--epochs", type=click.IntRange(min=1), default=40, show_default=True)
+    @click.option("--seed", type=int, default=0, show_default=True)
+    @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
+    @click.option("--export/--no-export", default=True, show_default=True)
+    def train_topic_cmd(settings, items, out, max_events, epochs, seed, threads, export) -> None:
+        """Train on the events the system already received: the events topic from its beginning."""
+        from engines.learn.data import events_to_interactions, read_items
+
+        events = asyncio.run(read_events_topic(settings, max_events=max_events))
+        if items:
+            ids, texts = read_items(items)
+        else:
+            from index import default_catalog_path, load_catalog
+
+            products = load_catalog(default_catalog_path())
+            ids, texts = [p.id for p in products], [p.text for p in products]
+        data = events_to_interactions(events, ids, texts, name=settings.events_topic)
+        _train(data, settings, out, export=export, epochs=epochs, seed=seed, threads=threads)
+
+
+def _train(data, settings, out: Path, *, export: bool, init: Path | None = None, **config) -> None:
+    import torch
+
+    from engines.learn.report import run_evaluation, table
+    from engines.learn.split import leave_one_out
+    from engines.learn.train import TrainConfig, config_dict, train
+    from engines.session_model import save_artifact
+
+    torch.set_num_threads(config.get("threads", 2))
+    cfg = TrainConfig(**config)
+    s = data.summary()
+    click.echo(f"{s['name']}: {s['users']} shoppers, {s['items']} products, {s['events']} events")
+    vecs, text_version = text_vectors_for(data, settings)
+    split = leave_one_out(data)
+    t0 = time.perf_counter()
+    start = None
+    if init is not None:
+        from engines.session_model import load_torch_model
+
+        start = load_torch_model(init)
+    result = train(data, vecs, split, cfg, init=start)
+    click.echo(f"trained {len(result.history)} epochs in {result.seconds:.0f}s; best epoch {result.best_epoch}: "
+               f"valid NDCG@10 {result.best_valid['ndcg@10']:.4f} Recall@10 {result.best_valid['recall@10']:.4f}")
+    record = {"trained_on": s, "continued_from": str(init) if init else None, "train_config": config_dict(cfg), "history": result.history,
+              "best_epoch": result.best_epoch, "valid": result.best_valid, "train_seconds": round(result.seconds, 1)}
+    save_artifact(result.model, out, text_model_version=text_version, record=record)
+    if export:
+        from engines.learn.export import export_session_encoder
+
+        par = export_session_encoder(out)
+        click.echo("ONNX parity against PyTorch: " + ", ".join(
+            f"{p} max|diff| {v['max_abs_diff']:.1e}" for p, v in par.items()))
+    report = run_evaluation(data, vecs, models=[out], threads=cfg.threads, progress=False)
+    click.echo(table(report))
+    click.echo(f"artifact: {out} ({time.perf_counter() - t0:.0f}s)")
