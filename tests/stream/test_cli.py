@@ -39,8 +39,9 @@ def test_bad_arguments_give_one_line_not_a_traceback(args, env, needle):
 
 def test_produce_then_tail(settings_factory, catalog_products):
     settings = settings_factory()
-    env = {"SHOPSTREAM_BROKER": settings.broker, "SHOPSTREAM_EVENTS_TOPIC": settings.events_topic,
-           "SHOPSTREAM_PARTITIONS": "2"}
+    env = {f"SHOPSTREAM_{name.upper()}": str(getattr(settings, name)) for name in
+           ("broker", "app_id", "partitions", "events_topic", "recommendations_topic", "dead_letter_topic",
+            "catalog_topic")}
     good = orjson.dumps(event(1, "u1", "view", item=catalog_products[0].id))
     bad = b'{"event_id": "x", "type": "teleport"}'
     r = shopstream("produce", "-", env=env, input=good + b"\n" + bad + b"\n")
