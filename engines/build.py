@@ -108,16 +108,19 @@ def _check_machine(backend: str) -> None:
             raise BackendUnavailableError("torch-cuda artifacts are checked on the GPU: no CUDA GPU here")
 
 
-def check_artifact(folder: str | Path, model_dir: str | Path, precision: str, n_texts: int = 512,
-                   texts_file: str | Path | None = None):
-    """Load the artifact with its backend and compare it with the PyTorch CPU model."""
+def check_artifact(folder: str | Path, model_dir: str | Path | None, precision: str | None = None,
+                   n_texts: int = 512, texts_file: str | Path | None = None, *,
+                   texts: list[str] | None = None, strict: bool = True):
+    """Load the artifact with its backend and compare it with the PyTorch CPU model on ``texts``
+    (default: ``n_texts`` catalogue titles)."""
     from engines.artifact import read_manifest
     from engines.backends.torch_cpu import TorchTextEncoder
     from engines.parity import catalogue_texts, check_parity
     from engines.registry import backend_class
 
     manifest = read_manifest(folder)
-    texts = catalogue_texts(n_texts, texts_file)
+    precision = precision or manifest.precision
+    texts = texts if texts is not None else catalogue_texts(n_texts, texts_file)
     reference = TorchTextEncoder(model_dir).load()
     kwargs = {"artifact": folder, "model_dir": model_dir}
     engine = backend_class(manifest.backend)(**kwargs).load()
@@ -125,7 +128,7 @@ def check_artifact(folder: str | Path, model_dir: str | Path, precision: str, n_
         if engine.model_version != reference.model_version:
             raise EngineError(f"{manifest.backend} reports model {engine.model_version}, "
                               f"the reference {reference.model_version}")
-        return check_parity(reference.encode, engine.encode, texts, precision)
+        return check_parity(reference.encode, engine.encode, texts, precision, strict=strict)
     finally:
         engine.close()
         reference.close()

@@ -40,6 +40,26 @@ def register(cli: click.Group) -> None:
                    f"top-10 overlap {p['top10_overlap']:.3f} ({p['rule']})")
         click.echo(f"run it with SHOPSTREAM_ENCODER_ARTIFACT={folder}")
 
+    @engine.command("check")
+    @click.argument("path", type=click.Path(path_type=Path))
+    @click.option("--texts", "source", type=click.Choice(["catalogue", "wands"]), default="catalogue",
+                  show_default=True, help="Catalogue titles, or the WANDS shoppers' search queries.")
+    @click.option("-n", "n_texts", type=click.IntRange(min=16), default=512, show_default=True)
+    @path_option("--model-dir", default=None, help="Weights folder of the reference model.")
+    def check(path: Path, source: str, n_texts: int, model_dir: Path | None) -> None:
+        """Compare an artifact with the PyTorch model again (exit 1 if it fails the rule)."""
+        from engines.build import check_artifact
+
+        texts = None
+        if source == "wands":
+            from stream.datasets import wands_queries
+
+            texts = wands_queries()[:n_texts]
+        report = check_artifact(path, model_dir, n_texts=n_texts, texts=texts, strict=False)
+        click.echo(f"{source}: {report}")
+        if not report.passed:
+            raise SystemExit(1)
+
     @engine.command("info")
     @click.argument("path", type=click.Path(path_type=Path))
     def info(path: Path) -> None:
