@@ -131,6 +131,7 @@ def run_index_bench(*, items: int, dim: int = 384, kind: str = "auto", device: s
         structure._faiss.hnsw.efSearch = params.hnsw_ef_search
 
     filtered = _filtered_run(index, qs, truth, k, seed)
+    stall = _search_stall(index, qs, extra[:256], k)
 
     new = [Product(f"n{i}", f"new {i}") for i in range(updates)]
     t0 = time.perf_counter()
@@ -158,8 +159,36 @@ def run_index_bench(*, items: int, dim: int = 384, kind: str = "auto", device: s
         "structure_mb": round(index.stats()["structure_bytes"] / 1e6, 1),
         "rss_growth_mb": round((rss1 - rss0) / 1e6, 1),
         "upserts_per_s": round(updates / upsert_s, 1), "deletes_per_s": round(len(gone) / delete_s, 1),
-        "compact_s": compact_s and round(compact_s, 2), **filtered, "ef_sweep": sweep,
+        "compact_s": compact_s and round(compact_s, 2), **filtered, **stall, "ef_sweep": sweep,
     }
+
+
+def _search_stall(index: ItemIndex, qs: np.ndarray, vectors: np.ndarray, k: int) -> dict:
+    """The longest batch-1 search while one catalogue batch of 256 upserts goes in (another thread)."""
+    import threading
+
+    latencies: list[float] = []
+    done = threading.Event()
+
+    def searcher() -> None:
+        i = 0
+        while not done.is_set():
+            t0 = time.perf_counter()
+            index.search(qs[i % len(qs):i % len(qs) + 1], k)
+            latencies.append(time.perf_counter() - t0)
+            i += 1
+
+    thread = threading.Thread(target=searcher)
+    thread.start()
+    t0 = time.perf_counter()
+    index.upsert([Product(f"s{i}", f"stall {i}") for i in range(len(vectors))], vectors)
+    upsert_s = time.perf_counter() - t0
+    done.set()
+    thread.join()
+    index.remove([f"s{i}" for i in range(len(vectors))])
+    return {"batch256_upsert_ms": round(upsert_s * 1e3, 1),
+            "max_search_ms_during_batch256": round(max(latencies) * 1e3, 2) if latencies else None,
+            "searches_during_batch256": len(latencies)}
 
 
 def _filtered_run(index: ItemIndex, qs: np.ndarray, truth: np.ndarray, k: int, seed: int,
