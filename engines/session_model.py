@@ -51,8 +51,13 @@ def read_manifest(folder: str | Path) -> dict:
     return m
 
 
-def save_artifact(model, out_dir: str | Path, *, text_model_version: str, record: dict) -> Path:
-    """Write ``weights.pt`` and ``manifest.json``; the model version hashes the weights."""
+def save_artifact(model, out_dir: str | Path, *, text_model_version: str, record: dict,
+                  kinds_seen: Sequence[str] = (), uses_time: bool = False) -> Path:
+    """Write ``weights.pt`` and ``manifest.json``; the model version hashes the weights.
+
+    ``kinds_seen`` (most frequent first) and ``uses_time`` say what the training events had; at
+    serving, other event types are read as the most frequent seen one and times are ignored
+    when training had none."""
     import io
 
     import torch
@@ -67,7 +72,8 @@ def save_artifact(model, out_dir: str | Path, *, text_model_version: str, record
     manifest = {"format": FORMAT, "kind": "session-encoder", "model_version": version,
                 "text_model_version": text_model_version, "dim": model.cfg.text_dim,
                 "item_space": "item-tower" if model.cfg.item_tower else "text",
-                "config": model.cfg.to_dict(), **record}
+                "config": model.cfg.to_dict(), "kinds_seen": list(kinds_seen), "uses_time": bool(uses_time),
+                **record}
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_plain), encoding="utf-8")
     return out_dir
 
@@ -126,6 +132,10 @@ class TrainedSessionEncoder:
     def load(self) -> "TrainedSessionEncoder":
         m = read_manifest(self.folder)
         self.dim, self.max_len, self.item_space = m["dim"], m["config"]["max_len"], m["item_space"]
+        # events of a type, or times, that training never saw would meet untrained embeddings:
+        # map them to what training saw (a purchase-only log without clock serves live views)
+        self.kinds_seen = list(m.get("kinds_seen") or [])
+        self.uses_time = bool(m.get("uses_time", False))
         self.model_version = m["model_version"] + ("" if self.precision == "fp32" else f"-{self.precision}")
         if self.threads:
             import torch
@@ -162,16 +172,20 @@ class TrainedSessionEncoder:
         live = [i for i, s in enumerate(sessions) if len(s)]
         if not live:
             return out
-        search = KIND_CODES["search"]
+        fallback = self.kinds_seen[0] if self.kinds_seen else "view"
+        known = set(self.kinds_seen) if self.kinds_seen else set(KIND_CODES)
         rows, kinds, times = [], [], []
         for i in live:
             s = sessions[i]
-            k = np.array([KIND_CODES.get(x, KIND_CODES["view"]) for x in s.kinds], dtype=np.int64)
+            is_search = np.array([x == "search" for x in s.kinds], dtype=bool)[-self.max_len:]
+            k = np.array([KIND_CODES[x if x in known else fallback] for x in s.kinds], dtype=np.int64)
             v = np.asarray(s.vectors, dtype=np.float32)[-self.max_len:]
             k, t = k[-self.max_len:], np.asarray(s.timestamps, dtype=np.float64)[-self.max_len - 1:]
-            if self.item_space == "item-tower" and np.any(k == search):
+            if not self.uses_time:
+                t = np.full(len(t), np.nan)
+            if self.item_space == "item-tower" and np.any(is_search):
                 v = v.copy()
-                v[k == search] = self.item_vectors(v[k == search])
+                v[is_search] = self.item_vectors(v[is_search])
             rows.append(v)
             kinds.append(k)
             times.append(t)

@@ -77,6 +77,18 @@ class Interactions:
     def n_items(self) -> int:
         return len(self.item_ids)
 
+    def kinds_seen(self) -> list[str]:
+        """Event types present, most frequent first."""
+        names = {code: kind for kind, code in KIND_CODES.items()}
+        counts: dict[int, int] = {}
+        for s in self.sequences:
+            for k, c in zip(*np.unique(s.kinds, return_counts=True)):
+                counts[int(k)] = counts.get(int(k), 0) + int(c)
+        return [names[k] for k, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+    def has_clock(self) -> bool:
+        return any(np.isfinite(s.times).any() for s in self.sequences)
+
     def summary(self) -> dict:
         lengths = np.array([len(s) for s in self.sequences]) if self.sequences else np.zeros(1)
         return {"name": self.name, "items": self.n_items, "queries": len(self.texts) - self.n_items,

@@ -109,10 +109,11 @@ class Pooling:
         return self.encoder.embed(sessions, now) @ self.vecs[:self.n_items].T
 
 
-def to_sessions(inputs: list[UserSequence], space: np.ndarray):
+def to_sessions(inputs: list[UserSequence], space: np.ndarray, *, keep_nan: bool = False):
     """:class:`engines.session.SessionSequence` objects as the live pipeline builds them.
 
-    With no clock (NaN times) every event is stamped 0 and ``now`` is 0.
+    With no clock (NaN times) every event is stamped 0 and ``now`` is 0, unless ``keep_nan``
+    (a trained encoder reads NaN as "unknown time", as in training).
     """
     from engines.learn.data import KIND_CODES
     from engines.session import SessionSequence
@@ -120,9 +121,9 @@ def to_sessions(inputs: list[UserSequence], space: np.ndarray):
     names = {code: kind for kind, code in KIND_CODES.items()}
     sessions, now = [], []
     for s in inputs:
-        times = np.where(np.isfinite(s.times), s.times, 0.0)
+        times = s.times if keep_nan else np.where(np.isfinite(s.times), s.times, 0.0)
         sessions.append(SessionSequence(space[s.tokens].astype(np.float32), [names[int(k)] for k in s.kinds], times))
-        now.append(float(times[-1]) if len(times) else 0.0)
+        now.append(float(times[-1]) if len(times) and np.isfinite(times[-1]) else 0.0)
     return sessions, now
 
 
@@ -139,7 +140,7 @@ class TrainedEncoder:
         self._inputs[n_items:] = text_vecs[n_items:]
 
     def scores(self, inputs: list[UserSequence]) -> np.ndarray:
-        sessions, now = to_sessions(inputs, self._inputs)
+        sessions, now = to_sessions(inputs, self._inputs, keep_nan=True)
         return self.encoder.embed(sessions, now) @ self.space[:self.n_items].T
 
 

@@ -21,6 +21,19 @@ PROTOCOL = ("leave-one-out: the last product event of each shopper is the test t
             "ties broken by item order")
 
 
+def machine() -> str:
+    """CPU model and core count, for the record next to every figure."""
+    import os
+
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            name = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores"
+
+
 def model_label(path: str | Path) -> str:
     path = Path(path)
     if path.suffix == ".onnx":
@@ -47,7 +60,7 @@ def run_evaluation(data: Interactions, text_vecs: np.ndarray, *, models: Sequenc
     results = evaluate(methods, data, f, progress=progress)
     return {"dataset": data.summary(), "fold": fold, "users": len(f), "dropped_users": split.dropped_users,
             "protocol": PROTOCOL, "methods": results, "seconds": round(time.perf_counter() - t0, 1),
-            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+            "machine": machine(),
             "pooling": "engines.session.PoolingSessionEncoder defaults; every event of a sequences file is "
                        "a 'purchase'; with no clock all events share one time, so only the 8-event half-life "
                        "weighs them"}

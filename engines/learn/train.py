@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -32,6 +33,7 @@ class TrainConfig:
     item_tower: bool = True
     item_hidden: int = 512
     lr: float = 1e-3
+    lr_schedule: str = "constant"    # "constant" | "cosine" (to 0 over ``epochs``)
     clip_norm: float = 1.0
     weight_decay: float = 0.0
     batch_size: int = 256
@@ -53,6 +55,8 @@ class TrainConfig:
                            item_tower=self.item_tower, item_hidden=self.item_hidden)
 
     def validate(self) -> None:
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', not {self.lr_schedule!r}")
         if self.negatives not in ("full", "inbatch"):
             raise ValueError(f"negatives must be 'full' or 'inbatch', not {self.negatives!r}")
         if self.hard_negatives and self.negatives != "inbatch":
@@ -147,6 +151,10 @@ def train(data: Interactions, text_vecs: np.ndarray, split: Split, cfg: TrainCon
     if not examples:
         raise ValueError("no training sequence has two events or more")
     hard = nearest_titles(text_vecs[:n_items], cfg.hard_pool) if cfg.hard_negatives else None
+    steps = cfg.epochs * len(_batches(examples, cfg.batch_size, np.random.default_rng(0)))
+    sched = None
+    if cfg.lr_schedule == "cosine":
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps)))
     result = TrainResult(model, cfg)
     best_state, bad, t0 = None, 0, time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
@@ -180,7 +188,9 @@ def train(data: Interactions, text_vecs: np.ndarray, split: Split, cfg: TrainCon
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
             opt.step()
-            total += float(loss) * len(y)
+            if sched is not None:
+                sched.step()
+            total += float(loss.detach()) * len(y)
             count += len(y)
             if progress:
                 it.set_postfix(loss=f"{total / count:.3f}")

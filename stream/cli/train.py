@@ -73,6 +73,8 @@ def register(cli: click.Group) -> None:
                   help="Stop after this many epochs without a better validation NDCG@10.")
     @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
     @click.option("--lr", type=float, default=1e-3, show_default=True)
+    @click.option("--lr-schedule", type=click.Choice(["constant", "cosine"]), default="constant", show_default=True,
+                  help="cosine: decay the learning rate to 0 over --epochs.")
     @click.option("--d-model", type=click.IntRange(min=8), default=128, show_default=True)
     @click.option("--layers", type=click.IntRange(min=1), default=2, show_default=True)
     @click.option("--heads", type=click.IntRange(min=1), default=2, show_default=True)
@@ -93,7 +95,7 @@ def register(cli: click.Group) -> None:
     @click.option("--backend", "encoder_backend", default=None, help="Text encoder backend (default auto).")
     @click.option("--init", "init", type=click.Path(path_type=Path), default=None,
                   help="Continue from this artifact's weights (same architecture).")
-    def train_cmd(data, out, epochs, patience, batch_size, lr, d_model, layers, heads, dropout, max_len,
+    def train_cmd(data, out, epochs, patience, batch_size, lr, lr_schedule, d_model, layers, heads, dropout, max_len,
                   negatives, hard_negatives, item_tower, seed, threads, device, max_minutes, export,
                   encoder_backend, init) -> None:
         """Train the session encoder on next-product prediction (contrastive, early stopping)."""
@@ -101,7 +103,7 @@ def register(cli: click.Group) -> None:
 
         settings = Settings.from_env(encoder_backend=encoder_backend)
         _train(data, settings, out, export=export, d_model=d_model, layers=layers, heads=heads, dropout=dropout,
-               max_len=max_len, item_tower=item_tower, lr=lr, batch_size=batch_size, epochs=epochs,
+               max_len=max_len, item_tower=item_tower, lr=lr, lr_schedule=lr_schedule, batch_size=batch_size, epochs=epochs,
                patience=patience, negatives=negatives, hard_negatives=hard_negatives, seed=seed,
                threads=threads, device=device, max_minutes=max_minutes, init=init)
 
@@ -155,7 +157,8 @@ def _train(data, settings, out: Path, *, export: bool, init: Path | None = None,
                f"valid NDCG@10 {result.best_valid['ndcg@10']:.4f} Recall@10 {result.best_valid['recall@10']:.4f}")
     record = {"trained_on": s, "continued_from": str(init) if init else None, "train_config": config_dict(cfg), "history": result.history,
               "best_epoch": result.best_epoch, "valid": result.best_valid, "train_seconds": round(result.seconds, 1)}
-    save_artifact(result.model, out, text_model_version=text_version, record=record)
+    save_artifact(result.model, out, text_model_version=text_version, record=record,
+                  kinds_seen=data.kinds_seen(), uses_time=data.has_clock())
     if export:
         from engines.learn.export import export_session_encoder
 
