@@ -64,3 +64,26 @@ def beauty_dir():
     if not (d / "sequences.tsv").is_file():
         pytest.skip(f"Amazon Beauty is not at {d} (../shared/data is absent)")
     return d
+
+
+def test_event_log_becomes_time_ordered_sequences(tmp_path):
+    import orjson
+
+    from engines.learn.data import read_event_log
+
+    (tmp_path / "items.tsv").write_text("p1\tRed mug\np2\tBlue mug\np3\tTea pot\n")
+    events = [
+        {"event_id": "3", "type": "purchase", "user_id": "u", "session_id": "s", "ts": 1_700_000_300_000, "item_id": "p2"},
+        {"event_id": "1", "type": "view", "user_id": "u", "session_id": "s", "ts": "2023-11-14T22:13:20Z", "item_id": "p1"},
+        {"event_id": "2", "type": "search", "user_id": "u", "session_id": "s", "ts": 1_700_000_100_000, "query": "mug"},
+        {"event_id": "4", "type": "view", "user_id": "u", "session_id": "s", "ts": 1_700_000_400_000, "item_id": "nope"},
+        {"event_id": "5", "type": "add_to_cart", "user_id": "v", "session_id": "t", "ts": 1_700_000_000_000, "item_id": "p3"},
+    ]
+    (tmp_path / "events.jsonl").write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events) + b"not json\n")
+    data = read_event_log(tmp_path / "events.jsonl", tmp_path / "items.tsv")
+    assert data.texts[3:] == ["mug"] and data.stats["skipped_events"] == 2
+    u = next(s for s in data.sequences if s.user == "u")
+    assert u.tokens.tolist() == [0, 3, 1]
+    assert u.kinds.tolist() == [KIND_CODES["view"], S, P]
+    assert u.times.tolist() == [1_700_000_000.0, 1_700_000_100.0, 1_700_000_300.0]
+    assert data.kinds_seen()[0] in ("view", "search", "purchase", "add_to_cart") and data.has_clock()
