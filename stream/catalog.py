@@ -125,7 +125,7 @@ class CatalogSync:
         if not updates:
             return 0
         t0 = time.perf_counter()
-        done = apply_updates(self.services.index.current, updates, self.services.encoder.encode)
+        done = apply_updates(self.services.index.current, updates, self.services.products.encode)
         for u in done:
             self.applied[u.product_id] = u
         index = self.services.index.current
@@ -148,7 +148,7 @@ class CatalogSync:
         return self.swap_to(path, stamp)
 
     def swap_to(self, path, stamp: tuple[str, float] | None = None) -> bool:
-        encoder = self.services.encoder
+        encoder = self.services.products
         t0 = time.perf_counter()
         try:
             fresh = load_snapshot(path, dim=encoder.dim, model_version=encoder.model_version,

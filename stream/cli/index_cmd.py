@@ -12,12 +12,12 @@ from stream.cli.options import path_option
 def build_default_index(settings, catalog: Path | None = None, out: Path | None = None,
                         progress: bool = True, catalog_offset: int | None = None) -> Path:
     from index import build_index, default_catalog_path, load_catalog, save_snapshot
-    from stream.services import load_text_encoder
+    from stream.services import load_product_encoder
 
     catalog = catalog or default_catalog_path()
     out = out or settings.resolved_index_path
     products = load_catalog(catalog)          # a bad catalogue fails before the model loads
-    encoder = load_text_encoder(settings)
+    encoder = load_product_encoder(settings)  # with a trained item tower when a session encoder is set
     index = build_index(products, encoder.encode, dim=encoder.dim, model_version=encoder.model_version,
                         progress=progress, kind=settings.index_kind)
     offsets = {"0": catalog_offset} if catalog_offset is not None else None
@@ -38,13 +38,17 @@ def register(cli: click.Group) -> None:
     @click.option("--catalog-offset", type=click.IntRange(min=0), default=None,
                   help="The catalogue file already holds the catalog topic's updates before this offset; "
                        "workers that load the snapshot apply only the later ones.")
+    @path_option("--session-encoder", default=None,
+                 help="A trained session encoder (shopstream train) whose item tower makes the product vectors; "
+                      "the worker must run the same one (default SHOPSTREAM_SESSION_ENCODER).")
     def build(catalog: Path | None, out: Path | None, encoder_backend: str | None, index_kind: str | None,
-              catalog_offset: int | None) -> None:
+              catalog_offset: int | None, session_encoder: Path | None) -> None:
         """Embed every product and write a snapshot the worker loads (a running worker swaps to it)."""
         from index import read_manifest
         from stream.settings import Settings
 
-        settings = Settings.from_env(encoder_backend=encoder_backend, index_kind=index_kind)
+        settings = Settings.from_env(encoder_backend=encoder_backend, index_kind=index_kind,
+                                     session_encoder=session_encoder)
         t0 = time.perf_counter()
         path = build_default_index(settings, catalog, out, catalog_offset=catalog_offset)
         m = read_manifest(path)
