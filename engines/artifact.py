@@ -94,3 +94,13 @@ def load_artifact(folder: str | Path, backend: str) -> EngineManifest:
         if not path.is_file():
             raise ArtifactError(f"{folder}: {role} file {path.name} is missing")
     return manifest
+
+
+def load_artifact_for_weights(folder: str | Path, backend: str, weights_version: str,
+                              model_dir: str | Path) -> EngineManifest:
+    """:func:`load_artifact`, and check the artifact was built from the weights in ``model_dir``."""
+    manifest = load_artifact(folder, backend)
+    if manifest.model_version != weights_version:
+        raise ArtifactError(f"{folder} was built for {manifest.model_version}, "
+                            f"the weights in {model_dir} are {weights_version}")
+    return manifest

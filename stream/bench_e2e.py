@@ -9,7 +9,6 @@ import asyncio
 import itertools
 import os
 import platform
-import tempfile
 import time
 import uuid
 from pathlib import Path

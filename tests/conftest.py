@@ -5,9 +5,7 @@ Fixtures are factories: each test gets its own topics and consumer group on the 
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
-import time
 import uuid
 from pathlib import Path
 

@@ -6,7 +6,6 @@ from typing import Sequence
 
 import numpy as np
 
-from engines.errors import ArtifactError
 from engines.model import TEXT_DIM, model_version, resolve_model_dir
 from engines.tokenize import Tokenizer, encode_texts
 
@@ -34,12 +33,9 @@ class TorchTextEncoder:
         model_dir = resolve_model_dir(self.model_dir)
         version = model_version(model_dir)
         if self.artifact is not None:
-            from engines.artifact import load_artifact
+            from engines.artifact import load_artifact_for_weights
 
-            manifest = load_artifact(self.artifact, self.name)
-            if manifest.model_version != version:
-                raise ArtifactError(f"{self.artifact} was built for {manifest.model_version}, "
-                                    f"the weights in {model_dir} are {version}")
+            load_artifact_for_weights(self.artifact, self.name, version, model_dir)
         if self.threads:
             torch.set_num_threads(self.threads)
         self._model = load_pooled_encoder(model_dir)

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from engines.errors import ArtifactError, BackendUnavailableError, EngineError
+from engines.errors import BackendUnavailableError, EngineError
 from engines.model import TEXT_DIM, model_version, resolve_model_dir
 from engines.tokenize import DEFAULT_BUCKETS, Tokenizer, encode_texts
 
@@ -80,12 +80,9 @@ class TorchCudaTextEncoder:
         model_dir = resolve_model_dir(self.model_dir)
         version = model_version(model_dir)
         if self.artifact is not None:
-            from engines.artifact import load_artifact
+            from engines.artifact import load_artifact_for_weights
 
-            manifest = load_artifact(self.artifact, self.name)
-            if manifest.model_version != version:
-                raise ArtifactError(f"{self.artifact} was built for {manifest.model_version}, "
-                                    f"the weights in {model_dir} are {version}")
+            manifest = load_artifact_for_weights(self.artifact, self.name, version, model_dir)
             self.precision = manifest.precision
             self.batch_buckets = manifest.batch_buckets or self.batch_buckets
             self.length_buckets = manifest.length_buckets or self.length_buckets

@@ -6,7 +6,6 @@ from pathlib import Path
 import click
 import orjson
 
-from stream.cli.options import kafka_options
 
 
 def emit(result: dict, as_json: bool, render) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from stream.cli.evaluate import dataset_options, load_data, text_vectors_for
+from stream.cli.evaluate import dataset_options, text_vectors_for
 from stream.cli.options import kafka_options, path_option
 
 log = logging.getLogger(__name__)
