@@ -4,8 +4,14 @@ Importing this package loads no model and needs no optional dependency.
 """
 from engines.base import TextEncoder
 from engines.batcher import MicroBatcher
-from engines.errors import (ArtifactError, BackendUnavailableError, EngineError, MissingExtraError,
-                            ParityError, UnknownBackendError)
+from engines.errors import (
+                            ArtifactError,
+                            BackendUnavailableError,
+                            EngineError,
+                            MissingExtraError,
+                            ParityError,
+                            UnknownBackendError,
+)
 from engines.query_cache import QueryEmbeddingCache
 from engines.registry import create_text_encoder
 from engines.select import choose_backend

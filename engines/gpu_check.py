@@ -105,7 +105,12 @@ def run(folder: Path, out: Path, min_time_s: float) -> dict:
 
     from engines.backends.torch_cpu import TorchTextEncoder
     from engines.backends.torch_cuda import TorchCudaTextEncoder
-    from engines.bench import bench_encoder, bench_tokenizer, flops_per_sequence, machine
+    from engines.bench import (
+        bench_encoder,
+        bench_tokenizer,
+        flops_per_sequence,
+        machine,
+    )
     from engines.parity import catalogue_texts, compare_embeddings
 
     model_dir = folder / "model"

@@ -11,6 +11,8 @@ from typing import Mapping, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 EVENT_TYPES: tuple[str, ...] = ("view", "click", "search", "add_to_cart", "purchase")
+# the integer each event type is fed to a trained session network as (0 is padding)
+KIND_CODES: dict[str, int] = {k: i + 1 for i, k in enumerate(EVENT_TYPES)}
 
 
 @dataclass(frozen=True)

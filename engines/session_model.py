@@ -1,5 +1,5 @@
 """The trained session encoder at serving time: load an artifact, embed sessions, map titles to
-product vectors. ``stream.services`` calls :func:`load_session_encoder` when
+product vectors. ``stream.live.services`` calls :func:`load_session_encoder` when
 ``SHOPSTREAM_SESSION_ENCODER`` names an artifact; ``shopstream train`` writes artifacts.
 
 An artifact is a folder::
@@ -89,7 +89,7 @@ def _plain(obj):
 def load_torch_model(folder: str | Path):
     import torch
 
-    from engines.learn.model import ModelConfig, SessionTransformer
+    from engines.session_network import ModelConfig, SessionTransformer
 
     m = read_manifest(folder)
     model = SessionTransformer(ModelConfig(**m["config"]))
@@ -106,7 +106,7 @@ class TrainedSessionEncoder:
     """:class:`engines.session.SessionEncoder` over a trained artifact, on PyTorch or onnxruntime.
 
     ``embed`` takes sessions whose product rows are index vectors and whose search rows are text
-    vectors (what :class:`stream.recommender.Recommender` builds); search rows go through the item
+    vectors (what :class:`stream.core.recommender.Recommender` builds); search rows go through the item
     tower first, like the titles did when the index was built.
     """
 
@@ -164,8 +164,8 @@ class TrainedSessionEncoder:
 
     # -- user embeddings ---------------------------------------------------------------------
     def embed(self, sessions: Sequence[SessionSequence], now: Sequence[float]) -> np.ndarray:
-        from engines.learn.data import KIND_CODES
-        from engines.learn.model import pack
+        from engines.session import KIND_CODES
+        from engines.session_network import pack
 
         self._require()
         out = np.zeros((len(sessions), self.dim), dtype=np.float32)

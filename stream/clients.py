@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any, AsyncIterator, Iterable, Mapping, Sequence
 
 import orjson
 
-from stream.schema import EventValidator
+from stream.core.schema import EventValidator
 from stream.settings import Settings
+
+if TYPE_CHECKING:
+    from index import Product
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +33,7 @@ class EventProducer:
     async def start(self) -> "EventProducer":
         from aiokafka import AIOKafkaProducer
 
-        from stream.topics import ensure_topics
+        from stream.ops.topics import ensure_topics
 
         await ensure_topics(self.settings)
         self._producer = AIOKafkaProducer(bootstrap_servers=self.settings.bootstrap_servers,
@@ -127,8 +130,8 @@ async def request_forget(settings: Settings, user_id: str) -> int:
     """
     from aiokafka import AIOKafkaProducer
 
-    from stream.handler import CONTROL_HEADER, FORGET
-    from stream.topics import ensure_topics
+    from stream.live.batches import CONTROL_HEADER, FORGET
+    from stream.ops.topics import ensure_topics
 
     await ensure_topics(settings)
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all",
@@ -140,3 +143,28 @@ async def request_forget(settings: Settings, user_id: str) -> int:
     finally:
         await producer.stop()
     return meta.partition
+
+
+async def push_catalog(settings: Settings, products: Iterable["Product"] = (),
+                       deletes: Sequence[str] = ()) -> tuple[int, int]:
+    """Publish products (upserts) and tombstones (deletes) to the catalog topic; returns counts."""
+    from aiokafka import AIOKafkaProducer
+
+    from stream.ops.topics import ensure_topics
+
+    await ensure_topics(settings)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=20,
+                                **settings.kafka_client_options())
+    await producer.start()
+    n_up = n_del = 0
+    try:
+        for p in products:
+            await producer.send(settings.catalog_topic, orjson.dumps(p.to_dict()), key=p.id.encode())
+            n_up += 1
+        for pid in deletes:
+            await producer.send(settings.catalog_topic, None, key=pid.encode())
+            n_del += 1
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return n_up, n_del

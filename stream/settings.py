@@ -125,6 +125,11 @@ class Settings:
         return ";".join(f"kafka://{s}" for s in self.bootstrap_servers)
 
     @property
+    def cpu_engine_dir(self) -> Path:
+        """Where the local ONNX Runtime text-encoder engine is built (``shopstream demo``, benchmarks)."""
+        return Path(self.data_dir) / "engines" / "onnxruntime-fp32"
+
+    @property
     def resolved_index_path(self) -> Path:
         return Path(self.index_path) if self.index_path else Path(self.data_dir) / "index" / "current"
 

@@ -31,7 +31,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def broker():
     """The embedded tansu broker on a random port, for the whole test session."""
-    from stream.broker import EmbeddedBroker
+    from stream.tools.broker import EmbeddedBroker
 
     b = EmbeddedBroker(log_file=REPO / "var" / "test-logs" / "broker.log")
     b.start()
@@ -69,8 +69,8 @@ def index_snapshot(tmp_path_factory, text_encoder, catalog_products):
 @pytest.fixture
 def settings_factory(broker, index_snapshot, tmp_path):
     """Settings with this test's own topics and consumer group on the shared broker."""
-    from stream.broker import free_port
     from stream.settings import Settings
+    from stream.tools.broker import free_port
 
     def make(**overrides):
         uid = uuid.uuid4().hex[:8]
@@ -88,7 +88,7 @@ def settings_factory(broker, index_snapshot, tmp_path):
 @pytest.fixture
 def worker_factory(tmp_path):
     """Start ``shopstream worker`` processes; all are stopped at teardown."""
-    from stream.demo import start_worker_process, stop_process, wait_ready
+    from stream.tools.demo import start_worker_process, stop_process, wait_ready
 
     procs = []
 

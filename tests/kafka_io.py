@@ -10,7 +10,7 @@ import orjson
 async def produce_raw(settings, messages: Iterable[tuple[bytes | None, bytes]], topic: str | None = None) -> int:
     from aiokafka import AIOKafkaProducer
 
-    from stream.topics import ensure_topics
+    from stream.ops.topics import ensure_topics
 
     await ensure_topics(settings)
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=5)

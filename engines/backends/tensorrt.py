@@ -21,7 +21,12 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from engines.errors import ArtifactError, BackendUnavailableError, EngineError, MissingExtraError
+from engines.errors import (
+    ArtifactError,
+    BackendUnavailableError,
+    EngineError,
+    MissingExtraError,
+)
 from engines.tokenize import DEFAULT_BUCKETS, Tokenizer, encode_texts
 
 log = logging.getLogger(__name__)

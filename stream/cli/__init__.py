@@ -22,7 +22,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
               type=click.Choice(["text", "json"], case_sensitive=False), help="json: one object per line.")
 def cli(log_level: str, log_format: str) -> None:
     """shopstream: live shopper events in, personalised recommendations out."""
-    from stream.logs import configure_logging
+    from stream.ops.logs import configure_logging
 
     configure_logging(log_level, log_format)
 

@@ -7,7 +7,6 @@ import click
 import orjson
 
 
-
 def emit(result: dict, as_json: bool, render) -> None:
     if as_json:
         click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode())
@@ -31,8 +30,8 @@ def register(cli: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True)
     def e2e(n_events, rate, users, bad_share, partitions, broker, as_json) -> None:
         """Drive N events through broker, worker and the recommendations topic."""
-        from stream.bench_e2e import render, run_e2e_bench
-        from stream.processes import terminate_on_sigterm
+        from stream.tools.bench_e2e import render, run_e2e_bench
+        from stream.tools.processes import terminate_on_sigterm
 
         terminate_on_sigterm()
 
@@ -55,9 +54,15 @@ def register(cli: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True)
     def encoder(backends, batches, lengths, min_time, threads, artifacts, as_json) -> None:
         """Each backend x precision x batch x length: seq/s, p50/p99, with and without tokenising."""
-        from engines.bench import BATCHES, LENGTHS, format_table, query_cache_hit_rates, run_encoder_bench
-        from stream.datasets import wands_queries
-        from stream.replay_data import shopper_events
+        from engines.bench import (
+            BATCHES,
+            LENGTHS,
+            format_table,
+            query_cache_hit_rates,
+            run_encoder_bench,
+        )
+        from stream.tools.datasets import wands_queries
+        from stream.tools.replay_data import shopper_events
 
         result = run_encoder_bench(backends or None, artifacts_dir=artifacts, batches=batches or BATCHES,
                                    lengths=lengths or LENGTHS, min_time_s=min_time, threads=threads)

@@ -6,7 +6,7 @@ import threading
 
 import click
 
-from stream.broker import EmbeddedBroker
+from stream.tools.broker import EmbeddedBroker
 
 
 def register(cli: click.Group) -> None:

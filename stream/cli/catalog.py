@@ -22,7 +22,7 @@ def register(cli: click.Group) -> None:
     def push(file: Path | None, deletes: tuple[str, ...], settings) -> None:
         """Publish FILE's products (JSONL or CSV, as `index build` reads) and --delete tombstones."""
         from index import iter_catalog
-        from stream.catalog import push_catalog
+        from stream.clients import push_catalog
 
         if file is None and not deletes:
             raise click.UsageError("give a catalogue FILE, --delete ID, or both")

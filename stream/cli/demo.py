@@ -24,13 +24,17 @@ def register(cli: click.Group) -> None:
     def demo(rate: float, limit: int | None, bad_share: float, broker: str | None, data_dir: Path,
              web_port: int | None) -> None:
         """Start broker and worker, replay Online Retail shoppers and WANDS searches, print recommendations."""
-        from stream.broker import EmbeddedBroker, free_port
-        from stream.bootstrap import prepare_local
-        from stream.demo import run_demo, start_worker_process, stop_process, wait_ready
+        from stream.ops.topics import ensure_topics
         from stream.settings import Settings
-        from stream.topics import ensure_topics
-
-        from stream.processes import terminate_on_sigterm
+        from stream.tools.bootstrap import prepare_local
+        from stream.tools.broker import EmbeddedBroker, free_port
+        from stream.tools.demo import (
+            run_demo,
+            start_worker_process,
+            stop_process,
+            wait_ready,
+        )
+        from stream.tools.processes import terminate_on_sigterm
 
         terminate_on_sigterm()
         embedded = None

@@ -52,7 +52,7 @@ def register(cli: click.Group) -> None:
 
         texts = None
         if source == "wands":
-            from stream.datasets import wands_queries
+            from stream.tools.datasets import wands_queries
 
             texts = wands_queries()[:n_texts]
         report = check_artifact(path, model_dir, n_texts=n_texts, texts=texts, strict=False)

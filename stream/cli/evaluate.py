@@ -35,8 +35,8 @@ def dataset_options(fn: Callable) -> Callable:
 
 def load_data(dataset: str | None, items: Path | None, sequences: Path | None, events: Path | None,
               shared: Path | None = None):
-    from engines.learn import data as d
-    from stream.datasets import shared_data_dir
+    from learn import data as d
+    from stream.tools.datasets import shared_data_dir
 
     shared = shared or shared_data_dir()
     if dataset == "beauty":
@@ -52,8 +52,8 @@ def load_data(dataset: str | None, items: Path | None, sequences: Path | None, e
 
 def text_vectors_for(data, settings, *, progress: bool = True):
     """Title (and query) vectors with the configured text encoder, cached under ``<data_dir>/cache``."""
-    from engines.learn.embed import text_vectors
-    from stream.services import load_text_encoder
+    from learn.embed import text_vectors
+    from stream.live.services import load_text_encoder
 
     encoder = load_text_encoder(settings)
     try:
@@ -79,7 +79,7 @@ def register(cli: click.Group) -> None:
         """Leave-one-out, full-ranking quality of the recommender and its baselines."""
         import orjson
 
-        from engines.learn.report import run_evaluation, table, write_report
+        from learn.report import run_evaluation, table, write_report
         from stream.settings import Settings
 
         if threads:
@@ -109,7 +109,7 @@ def register(cli: click.Group) -> None:
     @path_option("--out", required=True, help="Folder for items.tsv and sequences.tsv.")
     def convert(data, out: Path) -> None:
         """Write a data set (or a JSONL event log's product events) in the generic format."""
-        from engines.learn.data import write_generic
+        from learn.data import write_generic
 
         items, seqs = write_generic(data, out)
         s = data.summary()

@@ -20,8 +20,8 @@ def register(cli: click.Group) -> None:
         id (or its keyed hash when SHOPSTREAM_PSEUDONYMISE_KEY is set), so the erasure survives
         restarts and holds even while no worker runs.
         """
-        from stream.privacy import forget as forget_user
-        from stream.topics import changelog_topic
+        from stream.ops.erasure import forget as forget_user
+        from stream.ops.topics import changelog_topic
 
         _, partition = asyncio.run(forget_user(settings, user_id))
         click.echo(f"forgot {user_id}: forget request on {settings.events_topic} and tombstone in "

@@ -7,21 +7,7 @@ from pathlib import Path
 import click
 
 from stream.cli.options import path_option
-
-
-def build_default_index(settings, catalog: Path | None = None, out: Path | None = None,
-                        progress: bool = True, catalog_offset: int | None = None) -> Path:
-    from index import build_index, default_catalog_path, load_catalog, save_snapshot
-    from stream.services import load_product_encoder
-
-    catalog = catalog or default_catalog_path()
-    out = out or settings.resolved_index_path
-    products = load_catalog(catalog)          # a bad catalogue fails before the model loads
-    encoder = load_product_encoder(settings)  # with a trained item tower when a session encoder is set
-    index = build_index(products, encoder.encode, dim=encoder.dim, model_version=encoder.model_version,
-                        progress=progress, kind=settings.index_kind)
-    offsets = {"0": catalog_offset} if catalog_offset is not None else None
-    return save_snapshot(index, out, source=str(catalog), catalog_offsets=offsets)
+from stream.tools.bootstrap import build_default_index
 
 
 def register(cli: click.Group) -> None:

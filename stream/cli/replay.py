@@ -9,7 +9,7 @@ from stream.cli.options import kafka_options, path_option
 
 def _bound(ctx, param, value):  # noqa: ANN001 - click callback
     from stream.errors import ConfigError
-    from stream.replay import parse_bound
+    from stream.replay.run import parse_bound
 
     try:
         return parse_bound(value)
@@ -43,7 +43,7 @@ def register(cli: click.Group) -> None:
         Sessions start empty and live in this process; the live consumer group, its offsets and
         its sessions are untouched. Interrupted, the same command resumes from its checkpoint.
         """
-        from stream.replay import run_replay
+        from stream.replay.run import run_replay
 
         settings = settings.replace(index_path=index_path, encoder_backend=encoder_backend)
         summary = run_replay(settings, start=start, end=end, topic=topic, output=output, rate=rate,

@@ -13,7 +13,7 @@ def register(cli: click.Group) -> None:
     @kafka_options
     def topics(settings) -> None:
         """Create the topics shopstream uses, if missing, and check the partition counts of the others."""
-        from stream.topics import ensure_topics, topic_specs
+        from stream.ops.topics import ensure_topics, topic_specs
 
         counts = asyncio.run(ensure_topics(settings))
         compacted = {s.name for s in topic_specs(settings) if s.compacted}

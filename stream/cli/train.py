@@ -23,8 +23,8 @@ async def read_events_topic(settings, *, max_events: int = 0, idle_s: float = 5.
     """Every valid event on the events topic up to its current end (invalid ones are skipped)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
+    from stream.core.schema import EventValidator
     from stream.errors import InvalidEvent
-    from stream.schema import EventValidator
 
     validator = EventValidator(max_bytes=settings.max_event_bytes, max_future_skew_s=float("inf"))
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
@@ -118,7 +118,7 @@ def register(cli: click.Group) -> None:
     @click.option("--export/--no-export", default=True, show_default=True)
     def train_topic_cmd(settings, items, out, max_events, epochs, seed, threads, export) -> None:
         """Train on the events the system already received: the events topic from its beginning."""
-        from engines.learn.data import events_to_interactions, read_items
+        from learn.data import events_to_interactions, read_items
 
         events = asyncio.run(read_events_topic(settings, max_events=max_events))
         if items:
@@ -135,10 +135,10 @@ def register(cli: click.Group) -> None:
 def _train(data, settings, out: Path, *, export: bool, init: Path | None = None, **config) -> None:
     import torch
 
-    from engines.learn.report import run_evaluation, table
-    from engines.learn.split import leave_one_out
-    from engines.learn.train import TrainConfig, config_dict, train
     from engines.session_model import save_artifact
+    from learn.report import run_evaluation, table
+    from learn.split import leave_one_out
+    from learn.train import TrainConfig, config_dict, train
 
     torch.set_num_threads(config.get("threads", 2))
     cfg = TrainConfig(**config)
@@ -160,7 +160,7 @@ def _train(data, settings, out: Path, *, export: bool, init: Path | None = None,
     save_artifact(result.model, out, text_model_version=text_version, record=record,
                   kinds_seen=data.kinds_seen(), uses_time=data.has_clock())
     if export:
-        from engines.learn.export import export_session_encoder
+        from learn.export import export_session_encoder
 
         par = export_session_encoder(out)
         click.echo("ONNX parity against PyTorch: " + ", ".join(

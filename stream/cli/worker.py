@@ -16,7 +16,7 @@ def register(cli: click.Group) -> None:
     @click.option("--batch-wait-ms", type=click.IntRange(min=0), default=None)
     def worker(settings, index_path, encoder_backend, web_port, batch_size, batch_wait_ms) -> None:
         """Consume events, keep sessions, publish recommendations."""
-        from stream.worker import run_worker
+        from stream.live.worker import run_worker
 
         run_worker(settings.replace(index_path=index_path, encoder_backend=encoder_backend,
                                     web_port=web_port, batch_size=batch_size, batch_wait_ms=batch_wait_ms))

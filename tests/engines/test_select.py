@@ -6,8 +6,12 @@ import sys
 
 import pytest
 
-from engines import MissingExtraError, UnknownBackendError, choose_backend, create_text_encoder
-
+from engines import (
+    MissingExtraError,
+    UnknownBackendError,
+    choose_backend,
+    create_text_encoder,
+)
 from engines.backends.torch_cuda import cuda_available
 
 cpu_only = pytest.mark.skipif(cuda_available(), reason="checks the choice on a machine without a GPU")

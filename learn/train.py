@@ -1,0 +1,246 @@
+"""Train the session encoder contrastively on next-product prediction.
+
+Every position of a shopper's training sequence predicts the product touched next (searches are
+inputs, never targets). Negatives are either every product of the catalogue (``full``: a softmax
+over all index vectors, cheap for catalogues of tens of thousands) or the other targets of the
+batch (``inbatch``), optionally with hard negatives: products whose titles are nearest the target's.
+Early stopping on validation NDCG@10 (full ranking); the best epoch's weights are kept.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from learn.data import SEARCH, Interactions, UserSequence
+from learn.split import Split
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    d_model: int = 128
+    layers: int = 2
+    heads: int = 2
+    ffn: int = 256
+    max_len: int = 50
+    dropout: float = 0.2
+    item_tower: bool = True
+    item_hidden: int = 512
+    lr: float = 1e-3
+    lr_schedule: str = "constant"    # "constant" | "cosine" (to 0 over ``epochs``)
+    clip_norm: float = 1.0
+    weight_decay: float = 0.0
+    batch_size: int = 256
+    epochs: int = 40
+    patience: int = 4
+    negatives: str = "full"          # "full" | "inbatch"
+    hard_negatives: int = 0          # per target, with "inbatch": drawn from its nearest titles
+    hard_pool: int = 50
+    seed: int = 0
+    threads: int = 2
+    device: str = "cpu"
+    max_minutes: float = 0.0         # 0: no time limit
+
+    def model_config(self, text_dim: int):
+        from engines.session_network import ModelConfig
+
+        return ModelConfig(text_dim=text_dim, d_model=self.d_model, layers=self.layers, heads=self.heads,
+                           ffn=self.ffn, max_len=self.max_len, dropout=self.dropout,
+                           item_tower=self.item_tower, item_hidden=self.item_hidden)
+
+    def validate(self) -> None:
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', not {self.lr_schedule!r}")
+        if self.negatives not in ("full", "inbatch"):
+            raise ValueError(f"negatives must be 'full' or 'inbatch', not {self.negatives!r}")
+        if self.hard_negatives and self.negatives != "inbatch":
+            raise ValueError("hard negatives go with --negatives inbatch")
+        for name in ("d_model", "layers", "heads", "max_len", "batch_size", "epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+
+
+@dataclass
+class TrainResult:
+    model: object
+    config: TrainConfig
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    best_valid: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def training_examples(train: list[UserSequence], max_len: int) -> list[UserSequence]:
+    """Each shopper's last ``max_len + 1`` events; sequences with no product after the first dropped."""
+    out = []
+    for s in train:
+        s = UserSequence(s.user, s.tokens[-(max_len + 1):], s.kinds[-(max_len + 1):], s.times[-(max_len + 1):])
+        if len(s) >= 2 and np.any(s.kinds[1:] != SEARCH):
+            out.append(s)
+    return out
+
+
+def _batches(examples: list[UserSequence], batch_size: int, rng: np.random.Generator) -> list[list[int]]:
+    """Batches of similar length (little padding), in random order."""
+    order = sorted(range(len(examples)), key=lambda i: (len(examples[i]), rng.random()))
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def _collate(examples: list[UserSequence], idx: list[int], max_len: int):
+    from engines.session_network import pack
+
+    seqs = [examples[i] for i in idx]
+    tok, kin, gap = pack([s.tokens[:-1] for s in seqs], [s.kinds[:-1] for s in seqs],
+                         [s.times[:-1] for s in seqs], max_len)
+    labels = np.full(tok.shape, -1, dtype=np.int64)
+    n = tok.shape[1]
+    for row, s in enumerate(seqs):
+        nxt = np.where(s.kinds[1:] != SEARCH, s.tokens[1:], -1)[-n:]
+        labels[row, n - len(nxt):] = nxt
+    return tok, kin, gap, labels
+
+
+def nearest_titles(text_vecs: np.ndarray, k: int, chunk: int = 2048) -> np.ndarray:
+    """``(N, k)`` indices of each item's most similar other titles (hard-negative pool)."""
+    n = len(text_vecs)
+    k = min(k, n - 1)
+    out = np.zeros((n, k), dtype=np.int64)
+    for i in range(0, n, chunk):
+        s = text_vecs[i:i + chunk] @ text_vecs.T
+        s[np.arange(len(s)), np.arange(i, i + len(s))] = -np.inf
+        out[i:i + chunk] = np.argpartition(-s, k - 1, axis=1)[:, :k]
+    return out
+
+
+def train(data: Interactions, text_vecs: np.ndarray, split: Split, cfg: TrainConfig = TrainConfig(),
+          *, init=None, progress: bool = True) -> TrainResult:
+    """Fit a :class:`SessionTransformer`. ``text_vecs`` are the texts' vectors (items, then queries).
+
+    ``init``: a model (same architecture) whose weights training continues from."""
+    import torch
+    from torch.nn import functional as F
+
+    from engines.session_network import SessionTransformer
+    from learn.evaluate import fold_ranks
+    from learn.metrics import summarise
+
+    cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    device = torch.device(cfg.device)
+    n_items = data.n_items
+    model = SessionTransformer(cfg.model_config(text_vecs.shape[1]))
+    if init is not None:
+        if init.cfg != model.cfg:
+            raise ValueError(f"cannot continue from a model with another configuration: {init.cfg}")
+        model.load_state_dict(init.state_dict())
+    model = model.to(device)
+    texts = torch.from_numpy(np.ascontiguousarray(text_vecs, dtype=np.float32)).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    examples = training_examples(split.train, cfg.max_len)
+    if not examples:
+        raise ValueError("no training sequence has two events or more")
+    hard = nearest_titles(text_vecs[:n_items], cfg.hard_pool) if cfg.hard_negatives else None
+    steps = cfg.epochs * len(_batches(examples, cfg.batch_size, np.random.default_rng(0)))
+    sched = None
+    if cfg.lr_schedule == "cosine":
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps)))
+    result = TrainResult(model, cfg)
+    best_state, bad, t0 = None, 0, time.perf_counter()
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        batches = _batches(examples, cfg.batch_size, rng)
+        it = batches
+        if progress:
+            from tqdm import tqdm
+
+            it = tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False)
+        total, count = 0.0, 0
+        for idx in it:
+            tok, kin, gap, labels = (torch.from_numpy(a).to(device) for a in _collate(examples, idx, cfg.max_len))
+            space = model.items(texts)                       # every product and query, index space
+            vecs = torch.where((tok >= 0)[..., None], space[tok.clamp(min=0)], 0.0)
+            users = model.encode(vecs, kin, gap)
+            keep = labels >= 0
+            u, y = users[keep], labels[keep]
+            if cfg.negatives == "full":
+                cand, target = space[:n_items], y
+            else:
+                pool = y
+                if hard is not None:
+                    pick = rng.integers(0, hard.shape[1], size=(len(y), cfg.hard_negatives))
+                    pool = torch.cat([y, torch.from_numpy(hard[y.cpu().numpy()[:, None], pick].ravel()).to(device)])
+                uniq, inverse = torch.unique(pool, return_inverse=True)
+                cand, target = space[uniq], inverse[:len(y)]
+            logits = (u @ cand.T) * model.logit_scale.exp().clamp(max=100.0)
+            loss = F.cross_entropy(logits, target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+            opt.step()
+            if sched is not None:
+                sched.step()
+            total += float(loss.detach()) * len(y)
+            count += len(y)
+            if progress:
+                it.set_postfix(loss=f"{total / count:.3f}")
+        valid = summarise(fold_ranks(_torch_method(model, texts, n_items, cfg.max_len), data, split.valid))
+        row = {"epoch": epoch, "loss": total / max(count, 1), **valid, "seconds": time.perf_counter() - t0}
+        result.history.append(row)
+        log.info("epoch %d: loss %.4f valid ndcg@10 %.4f recall@10 %.4f (%.0fs)", epoch, row["loss"],
+                 valid["ndcg@10"], valid["recall@10"], row["seconds"])
+        if valid["ndcg@10"] > result.best_valid.get("ndcg@10", -1.0):
+            result.best_epoch, result.best_valid, bad = epoch, valid, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            bad += 1
+            if bad >= cfg.patience:
+                log.info("early stop: no better validation NDCG@10 for %d epochs", bad)
+                break
+        if cfg.max_minutes and time.perf_counter() - t0 > 60 * cfg.max_minutes:
+            log.warning("stopping after %.1f minutes (max_minutes)", (time.perf_counter() - t0) / 60)
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+class _torch_method:
+    """Score every product for a fold's shoppers with the model being trained."""
+
+    def __init__(self, model, texts, n_items: int, max_len: int) -> None:
+        self.model, self.texts, self.n_items, self.max_len = model, texts, n_items, max_len
+        self.name = "trained"
+        self._space = None
+
+    def scores(self, inputs: list[UserSequence]) -> np.ndarray:
+        import torch
+
+        from engines.session_network import pack
+
+        with torch.no_grad():
+            if self._space is None:
+                self.model.eval()
+                self._space = self.model.items(self.texts)
+            tok, kin, gap = (torch.from_numpy(a).to(self.texts.device) for a in
+                             pack([s.tokens for s in inputs], [s.kinds for s in inputs], [s.times for s in inputs],
+                                  self.max_len))
+            vecs = torch.where((tok >= 0)[..., None], self._space[tok.clamp(min=0)], 0.0)
+            users = self.model(vecs, kin, gap)
+            return (users @ self._space[:self.n_items].T).float().cpu().numpy()
+
+
+def config_dict(cfg: TrainConfig) -> dict:
+    return asdict(cfg)

@@ -1,0 +1,34 @@
+"""The one small interface the pipeline reports through (after faust's Sensor).
+
+:class:`Metrics` does nothing; ``stream.ops.prometheus.PrometheusMetrics`` exports to Prometheus.
+"""
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+
+class Metrics:
+    def on_event_in(self, event_type: str) -> None: ...
+
+    def on_dead_letter(self, reason: str) -> None: ...
+
+    def on_recommendation_out(self, n: int = 1) -> None: ...
+
+    def on_batch(self, events: int, users: int) -> None: ...
+
+    def observe_encoder(self, seconds: float) -> None: ...
+
+    def observe_index(self, seconds: float) -> None: ...
+
+    def observe_end_to_end(self, seconds: float) -> None: ...
+
+    def set_index(self, version: str, size: int) -> None: ...
+
+    def set_model(self, version: str) -> None: ...
+
+    def watch_lag(self, source: Callable[[], Mapping[tuple[str, int], int]]) -> None:
+        """Register where consumer lag per (topic, partition) is read from when scraped."""
+
+    def exposition(self) -> tuple[bytes, str] | None:
+        """The metrics as (body, content type) for ``/metrics``; None when nothing is exported."""
+        return None

@@ -1,0 +1,167 @@
+"""From folded sessions to recommendations: one batched encoder call, one batched index search.
+
+Pure of Kafka and Faust, so the worker, the replay command and the benchmarks share it.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Sequence
+
+import numpy as np
+
+from engines import QueryEmbeddingCache, SessionEncoder, SessionSequence
+from index import ItemIndex
+from stream.core.metrics import Metrics
+from stream.core.schema import SCHEMA_VERSION, Event
+from stream.core.session_state import SessionLimits, excluded_products, timeline
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class UserBatch:
+    """One user's events in a micro-batch and their session state after folding them."""
+
+    user_id: str
+    state: dict[str, Any]
+    events: list[Event]
+
+
+class IndexHolder:
+    """The index in use; swapped atomically for a new snapshot while the stream runs."""
+
+    def __init__(self, index: ItemIndex) -> None:
+        self._index = index
+        self._lock = threading.Lock()
+
+    @property
+    def current(self) -> ItemIndex:
+        return self._index
+
+    def swap(self, new: ItemIndex) -> ItemIndex:
+        with self._lock:
+            old, self._index = self._index, new
+        return old
+
+
+@dataclass
+class Recommender:
+    index: IndexHolder
+    queries: QueryEmbeddingCache
+    session_encoder: SessionEncoder
+    limits: SessionLimits = field(default_factory=SessionLimits)
+    top_k: int = 10
+    search_blend: float = 0.5
+    clock: Any = None
+    metrics: Metrics = field(default_factory=Metrics)
+    popularity: Counter = field(default_factory=Counter)
+
+    @property
+    def model_version(self) -> str:
+        return self.queries.encoder.model_version
+
+    def recommend(self, batch: Sequence[UserBatch]) -> list[dict[str, Any]]:
+        if not batch:
+            return []
+        index = self.index.current          # one index for the whole batch, even during a swap
+        for ub in batch:
+            for e in ub.events:
+                if e.item_id is not None:
+                    self.popularity[e.item_id] += 1
+        timelines = [timeline(ub.state) for ub in batch]
+        query_texts = sorted({v for tl in timelines for kind, v, _ in tl if kind == "search"})
+        t0 = time.perf_counter()
+        query_vecs = dict(zip(query_texts, self.queries.encode(query_texts))) if query_texts else {}
+        self.metrics.observe_encoder(time.perf_counter() - t0)
+        product_ids = sorted({v for tl in timelines for kind, v, _ in tl if kind != "search" and v in index})
+        product_vecs = dict(zip(product_ids, index.vectors_of(product_ids))) if product_ids else {}
+
+        sequences, now = [], []
+        for ub, tl in zip(batch, timelines):
+            rows = [(kind, (query_vecs if kind == "search" else product_vecs).get(v), ts) for kind, v, ts in tl]
+            rows = [r for r in rows if r[1] is not None]
+            vecs = np.stack([r[1] for r in rows]) if rows else np.zeros((0, index.dim), np.float32)
+            sequences.append(SessionSequence(vecs, [r[0] for r in rows], np.array([r[2] for r in rows])))
+            now.append(max(e.ts for e in ub.events))
+        user_vecs = self.session_encoder.embed(sequences, now)
+        exclusions = [excluded_products(ub.state, self.limits) for ub in batch]
+        t0 = time.perf_counter()
+        found = index.search(user_vecs, self.top_k, exclude=exclusions)
+        self.metrics.observe_index(time.perf_counter() - t0)
+
+        produced_at = iso(self._now())
+        recs = []
+        for ub, vec, cands, excl in zip(batch, user_vecs, found, exclusions):
+            if not np.any(vec):
+                items = self._popular(index, excl)
+            else:
+                items = [{"product_id": c.product_id, "score": round(c.score, 6)} for c in cands]
+            event_ids = [e.event_id for e in ub.events]
+            rec: dict[str, Any] = {
+                "schema_version": SCHEMA_VERSION,
+                "recommendation_id": self._rec_id(ub.user_id, event_ids, index.version),
+                "user_id": ub.user_id,
+                "session_id": ub.state["session_id"],
+                "items": items,
+                "event_ids": event_ids,
+                "model_version": self.model_version,
+                "session_model_version": self.session_encoder.model_version,
+                "index_version": index.version,
+                "event_time": iso(now[len(recs)]),
+                "produced_at": produced_at,
+            }
+            search = next((e for e in reversed(ub.events) if e.type == "search" and e.results), None)
+            if search is not None:
+                rec["search"] = {"event_id": search.event_id, "query": search.query,
+                                 "items": self.rerank(index, vec, search.results)}
+            recs.append(rec)
+        return recs
+
+    def rerank(self, index: ItemIndex, user_vec: np.ndarray, results: Sequence[str]) -> list[dict]:
+        """Blend the storefront's order with the shopper's affinity.
+
+        score = blend * cosine(user, product) + (1 - blend) * (1 - rank / n)
+        Products the index does not know keep their storefront score alone (affinity 0).
+        """
+        n = len(results)
+        order = 1.0 - np.arange(n, dtype=np.float32) / max(n, 1)
+        affinity = index.score(user_vec[None, :], [list(results)])[0]
+        affinity = np.where(np.isfinite(affinity), affinity, 0.0)
+        if not np.any(user_vec):
+            affinity = np.zeros_like(affinity)
+        scores = self.search_blend * affinity + (1.0 - self.search_blend) * order
+        ranked = sorted(range(n), key=lambda i: (-scores[i], i))
+        seen: set[str] = set()
+        out = []
+        for i in ranked:
+            if results[i] not in seen:
+                seen.add(results[i])
+                out.append({"product_id": results[i], "score": round(float(scores[i]), 6)})
+        return out
+
+    def _popular(self, index: ItemIndex, excluded: set[str]) -> list[dict]:
+        out = []
+        for pid, count in self.popularity.most_common(self.top_k + len(excluded) + 10):
+            p = index.products.get(pid)
+            if p is not None and p.in_stock and pid not in excluded:
+                out.append({"product_id": pid, "score": 0.0})
+                if len(out) == self.top_k:
+                    break
+        return out
+
+    def _rec_id(self, user_id: str, event_ids: list[str], index_version: str) -> str:
+        h = hashlib.blake2b(digest_size=12)
+        for part in (user_id, index_version, self.model_version, self.session_encoder.model_version, *event_ids):
+            h.update(part.encode())
+            h.update(b"\x1f")
+        return h.hexdigest()
+
+    def _now(self) -> float:
+        return (self.clock or time.time)()

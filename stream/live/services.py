@@ -1,0 +1,125 @@
+"""Load what a worker needs -- encoder, index snapshot, session encoder -- from one settings object."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+from engines import (
+    PoolingSessionEncoder,
+    QueryEmbeddingCache,
+    TextEncoder,
+    create_text_encoder,
+)
+from index import ItemIndex, SnapshotError, load_snapshot
+from stream.core.metrics import Metrics
+from stream.core.recommender import IndexHolder, Recommender
+from stream.core.schema import EventValidator
+from stream.core.session_state import SessionLimits
+from stream.errors import ConfigError
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class ProductEncoder:
+    """Product text -> the vector the index holds for it.
+
+    The text encoder's vector, passed through the trained session encoder's item tower when the
+    worker runs one (its manifest says ``item_space: item-tower``). Index builds, catalogue updates
+    and snapshot checks all go through this, so an index made for another product space is refused.
+    """
+
+    def __init__(self, text: TextEncoder, session_encoder=None) -> None:
+        self.text = text
+        self.tower = session_encoder if getattr(session_encoder, "item_space", "text") == "item-tower" else None
+        self.dim = text.dim
+        self.name = text.name
+        self.model_version = (text.model_version if self.tower is None
+                              else f"{text.model_version}+items:{self.tower.model_version}")
+
+    def encode(self, texts):
+        vectors = self.text.encode(texts)
+        return vectors if self.tower is None else self.tower.item_vectors(vectors)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    encoder: TextEncoder
+    index: IndexHolder
+    recommender: Recommender
+    validator: EventValidator
+    limits: SessionLimits
+    metrics: Metrics
+    products: ProductEncoder | None = None
+
+
+def session_limits(settings: Settings) -> SessionLimits:
+    return SessionLimits(max_items=settings.session_max_items, max_queries=settings.session_max_queries,
+                         max_purchased=settings.session_max_purchased, ttl_s=settings.session_ttl_s,
+                         recently_viewed_excluded=settings.recently_viewed_excluded)
+
+
+def load_text_encoder(settings: Settings) -> TextEncoder:
+    options = {}
+    if settings.model_dir:
+        options["model_dir"] = settings.model_dir
+    artifact = settings.encoder_artifact
+    if artifact is None and settings.encoder_backend == "auto":
+        # an engine built earlier into the data folder (`shopstream engine build`, the demo) is used
+        built = settings.cpu_engine_dir
+        if (built / "manifest.json").exists():
+            artifact = built
+            log.info("using the engine artifact built in %s", built)
+    if artifact:
+        options["artifact"] = artifact
+    return create_text_encoder(settings.encoder_backend, **options).load()
+
+
+def load_product_encoder(settings: Settings, text: TextEncoder | None = None) -> ProductEncoder:
+    text = text or load_text_encoder(settings)
+    session = load_session_encoder(settings, text.dim) if settings.session_encoder else None
+    return ProductEncoder(text, session)
+
+
+def load_index(settings: Settings, products: ProductEncoder | TextEncoder) -> ItemIndex:
+    path = settings.resolved_index_path
+    if not path.exists():
+        raise ConfigError(f"no index snapshot at {path}: build one with `shopstream index build`")
+    return load_snapshot(path, dim=products.dim, model_version=products.model_version,
+                         device=settings.index_device)
+
+
+def load_session_encoder(settings: Settings, dim: int):
+    if settings.session_encoder:
+        from engines.session_model import load_session_encoder as load_trained
+
+        return load_trained(settings.session_encoder)
+    return PoolingSessionEncoder(dim=dim)
+
+
+def load_services(settings: Settings, metrics: Metrics | None = None) -> Services:
+    metrics = metrics or Metrics()
+    encoder = load_text_encoder(settings)
+    session_encoder = load_session_encoder(settings, encoder.dim)
+    products = ProductEncoder(encoder, session_encoder)
+    try:
+        index = load_index(settings, products)
+    except SnapshotError as exc:
+        raise ConfigError(str(exc)) from None
+    holder = IndexHolder(index)
+    limits = session_limits(settings)
+    recommender = Recommender(
+        index=holder, queries=QueryEmbeddingCache(encoder, settings.query_cache_size),
+        session_encoder=session_encoder, limits=limits,
+        top_k=settings.top_k, search_blend=settings.search_blend, metrics=metrics)
+    min_ts = datetime.fromisoformat(settings.min_event_time).timestamp()
+    validator = EventValidator(max_bytes=settings.max_event_bytes, min_ts=min_ts,
+                               max_future_skew_s=settings.max_future_skew_s,
+                               known_product=lambda pid: pid in holder.current)
+    metrics.set_index(index.version, len(index))
+    metrics.set_model(encoder.model_version)
+    log.info("loaded encoder %s (%s), index %s with %d products", encoder.name, encoder.model_version,
+             index.version, len(index))
+    return Services(settings, encoder, holder, recommender, validator, limits, metrics, products)

@@ -1,0 +1,28 @@
+"""Run one worker process: topics, services, Faust."""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def run_worker(settings: Settings) -> None:
+    from faust.worker import Worker
+
+    from stream.live.app import create_app
+    from stream.live.faust_compat import install as install_highwater_check
+    from stream.live.services import load_services
+    from stream.ops.logs import worker_logging_config
+    from stream.ops.prometheus import create_metrics
+    from stream.ops.topics import ensure_topics
+
+    asyncio.run(ensure_topics(settings))
+    install_highwater_check(settings)         # tables recover to the true end of their changelog
+    services = load_services(settings, metrics=create_metrics())
+    app = create_app(settings, services)
+    worker = Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False,
+                    logging_config=worker_logging_config(settings.log_level, settings.log_format))
+    worker.execute_from_commandline()

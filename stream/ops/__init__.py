@@ -1,0 +1,1 @@
+"""Operating a deployment: topics, metrics export, logging and erasure requests."""

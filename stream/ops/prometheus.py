@@ -1,0 +1,150 @@
+"""Prometheus export of :class:`stream.core.metrics.Metrics` (needs the ``metrics`` extra).
+
+Each :class:`PrometheusMetrics` has its own registry, so tests and tools can make several in one
+process; the worker serves it at ``/metrics`` on its web server.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Iterator, Mapping
+
+from stream.core.metrics import Metrics
+from stream.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "Prometheus metrics need prometheus-client: pip install 'shopstream[metrics]'"
+# Prometheus' classic text format; aiohttp wants the charset apart from the content type.
+CONTENT_TYPE = "text/plain; version=0.0.4"
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+E2E_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+LagSource = Callable[[], Mapping[tuple[str, int], int]]
+
+
+def _client():
+    try:
+        import prometheus_client
+    except ImportError as exc:
+        raise ConfigError(INSTALL_HINT) from exc
+    return prometheus_client
+
+
+class PrometheusMetrics(Metrics):
+    """Counters, histograms and gauges of one worker, under the ``shopstream_`` prefix."""
+
+    def __init__(self) -> None:
+        pc = _client()
+        self.registry = r = pc.CollectorRegistry(auto_describe=True)
+        self.events_in = pc.Counter("shopstream_events_in", "Valid events taken in, by type.",
+                                    ["type"], registry=r)
+        self.dead_letters = pc.Counter("shopstream_dead_lettered", "Events sent to the dead-letter topic, by reason.",
+                                       ["reason"], registry=r)
+        self.recommendations = pc.Counter("shopstream_recommendations_out", "Recommendations published.",
+                                          registry=r)
+        self.batch_events = pc.Histogram("shopstream_batch_events", "Valid events per micro-batch.",
+                                         buckets=BATCH_BUCKETS, registry=r)
+        self.batch_users = pc.Histogram("shopstream_batch_users", "Distinct users per micro-batch.",
+                                        buckets=BATCH_BUCKETS, registry=r)
+        self.encoder_seconds = pc.Histogram("shopstream_encoder_seconds", "Query-encoder time per batch.",
+                                            buckets=LATENCY_BUCKETS, registry=r)
+        self.index_seconds = pc.Histogram("shopstream_index_seconds", "Index search time per batch.",
+                                          buckets=LATENCY_BUCKETS, registry=r)
+        self.e2e_seconds = pc.Histogram("shopstream_end_to_end_seconds",
+                                        "From the event time to the recommendation's publication.",
+                                        buckets=E2E_BUCKETS, registry=r)
+        self.index_size = pc.Gauge("shopstream_index_products", "Products in the index in use.", registry=r)
+        self.index_info = pc.Info("shopstream_index", "Version of the index in use.", registry=r)
+        self.model_info = pc.Info("shopstream_model", "Version of the text encoder in use.", registry=r)
+        self._lag_source: LagSource | None = None
+        r.register(_LagCollector(self))
+
+    # -- the Metrics interface --------------------------------------------------------------------
+    def on_event_in(self, event_type: str) -> None:
+        self.events_in.labels(event_type).inc()
+
+    def on_dead_letter(self, reason: str) -> None:
+        self.dead_letters.labels(reason).inc()
+
+    def on_recommendation_out(self, n: int = 1) -> None:
+        self.recommendations.inc(n)
+
+    def on_batch(self, events: int, users: int) -> None:
+        self.batch_events.observe(events)
+        self.batch_users.observe(users)
+
+    def observe_encoder(self, seconds: float) -> None:
+        self.encoder_seconds.observe(seconds)
+
+    def observe_index(self, seconds: float) -> None:
+        self.index_seconds.observe(seconds)
+
+    def observe_end_to_end(self, seconds: float) -> None:
+        self.e2e_seconds.observe(max(seconds, 0.0))
+
+    def set_index(self, version: str, size: int) -> None:
+        self.index_size.set(size)
+        self.index_info.info({"version": str(version)})
+
+    def set_model(self, version: str) -> None:
+        self.model_info.info({"version": str(version)})
+
+    def watch_lag(self, source: LagSource) -> None:
+        self._lag_source = source
+
+    def exposition(self) -> tuple[bytes, str]:
+        return _client().generate_latest(self.registry), CONTENT_TYPE
+
+
+class _LagCollector:
+    """Consumer lag per partition, read from the consumer when Prometheus scrapes."""
+
+    def __init__(self, metrics: PrometheusMetrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Iterator:
+        from prometheus_client.core import GaugeMetricFamily
+
+        family = GaugeMetricFamily("shopstream_consumer_lag", "Messages not yet processed, per partition.",
+                                   labels=["topic", "partition"])
+        source = self.metrics._lag_source
+        if source is not None:
+            try:
+                lags = source()
+            except Exception:  # noqa: BLE001 - a scrape must never fail on a consumer mid-rebalance
+                log.debug("consumer lag unavailable", exc_info=True)
+                lags = {}
+            for (topic, partition), lag in sorted(lags.items()):
+                family.add_metric([topic, str(partition)], lag)
+        yield family
+
+
+def faust_consumer_lag(app, topic: str) -> dict[tuple[str, int], int]:
+    """Lag of ``topic``'s assigned partitions: high-water mark minus the committed offset."""
+    consumer = app.consumer
+    out: dict[tuple[str, int], int] = {}
+    for tp in consumer.assignment():
+        if tp.topic != topic:
+            continue
+        highwater = consumer.highwater(tp)
+        if highwater is None:
+            continue
+        committed = consumer._committed_offset.get(tp)   # faust keeps no public accessor for it
+        out[(tp.topic, tp.partition)] = max(int(highwater) - int(committed or 0), 0)
+    return out
+
+
+def create_metrics(*, required: bool = False) -> Metrics:
+    """Prometheus metrics when prometheus-client is installed, else the no-op interface."""
+    try:
+        return PrometheusMetrics()
+    except ConfigError:
+        if required:
+            raise
+        log.warning("%s; /metrics is disabled", INSTALL_HINT)
+        return Metrics()

@@ -1,0 +1,104 @@
+"""A short training run on a small slice of real data learns, and its engines agree with PyTorch.
+
+Real titles embedded with the real text model, real shoppers' sequences (Amazon Beauty's 200 most
+frequent products); skipped when ../shared/data is absent.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.conftest import SHARED_DATA
+
+BEAUTY = SHARED_DATA / "amazon-beauty"
+
+
+@pytest.fixture(scope="module")
+def slice_data(text_encoder):
+    from learn.data import load_amazon_beauty, most_popular_slice
+
+    if not (BEAUTY / "sequences.tsv").is_file():
+        pytest.skip(f"Amazon Beauty is not at {BEAUTY} (../shared/data is absent)")
+    data = most_popular_slice(load_amazon_beauty(BEAUTY), 200, min_length=3, max_users=1500)
+    return data, text_encoder.encode(data.texts)
+
+
+@pytest.fixture(scope="module")
+def trained(slice_data):
+    import torch
+
+    from learn.split import leave_one_out
+    from learn.train import TrainConfig, train
+
+    torch.set_num_threads(2)
+    data, vecs = slice_data
+    split = leave_one_out(data)
+    cfg = TrainConfig(d_model=32, layers=1, heads=2, ffn=64, item_hidden=64, batch_size=128, lr=3e-3,
+                      epochs=6, patience=6, seed=0, threads=2)
+    return split, train(data, vecs, split, cfg, progress=False)
+
+
+def test_training_lowers_the_loss_and_beats_popularity(slice_data, trained):
+    import torch
+
+    from learn.evaluate import Popularity, evaluate
+    from learn.train import _torch_method
+
+    data, vecs = slice_data
+    split, result = trained
+    losses = [row["loss"] for row in result.history]
+    assert losses[-1] < losses[0] - 0.1, losses
+    method = _torch_method(result.model, torch.from_numpy(vecs), data.n_items, result.config.max_len)
+    report = evaluate([Popularity(split.test, data.n_items), method], data, split.test, progress=False)
+    assert report["trained"]["ndcg@10"] > report["popularity"]["ndcg@10"] * 1.1, report
+
+
+def test_training_is_deterministic_with_a_seed(slice_data, trained):
+    from learn.train import TrainConfig, train
+
+    data, vecs = slice_data
+    split, result = trained
+    again = train(data, vecs, split, TrainConfig(**{**result.config.__dict__, "epochs": 1}), progress=False)
+    assert again.history[0]["loss"] == pytest.approx(result.history[0]["loss"], rel=1e-6)
+
+
+def test_export_parity_and_every_backend(tmp_path, slice_data, trained):
+    pytest.importorskip("onnxruntime")
+    from engines.session import SessionEncoder
+    from engines.session_model import load_session_encoder, save_artifact
+    from learn.evaluate import TrainedEncoder
+    from learn.export import FP32_TOLERANCE, export_session_encoder
+
+    data, vecs = slice_data
+    split, result = trained
+    art = save_artifact(result.model, tmp_path / "art", text_model_version="test", record={})
+    parity = export_session_encoder(art)
+    assert parity["fp32"]["max_abs_diff"] <= FP32_TOLERANCE
+    assert parity["fp16"]["min_cosine"] > 0.99 and parity["int8"]["min_cosine"] > 0.95
+
+    scores = {}
+    for path in (art, art / "session_encoder.onnx", art / "session_encoder.int8.onnx"):
+        enc = load_session_encoder(path, backend="torch") if path == art else load_session_encoder(path)
+        assert isinstance(enc, SessionEncoder)
+        m = TrainedEncoder(enc, vecs, data.n_items, name=str(path.name))
+        scores[path.name] = m.scores(split.test.inputs[:64])
+    ref = scores["art"]
+    assert np.abs(scores["session_encoder.onnx"] - ref).max() < 1e-4
+    assert np.corrcoef(scores["session_encoder.int8.onnx"].ravel(), ref.ravel())[0, 1] > 0.95
+
+
+def test_live_sessions_and_empty_ones(tmp_path, trained, slice_data):
+    from engines.session import SessionSequence
+    from engines.session_model import load_session_encoder, save_artifact
+
+    data, vecs = slice_data
+    _, result = trained
+    enc = load_session_encoder(save_artifact(result.model, tmp_path / "a", text_model_version="t", record={}),
+                               backend="torch")
+    space = enc.item_vectors(vecs)
+    now = 1.7e9
+    s = SessionSequence(np.stack([space[0], vecs[1], space[2]]), ["view", "search", "add_to_cart"],
+                        np.array([now - 600, now - 60, now]))
+    out = enc.embed([s, SessionSequence(np.zeros((0, enc.dim), np.float32), [], np.zeros(0))], [now, now])
+    assert out.shape == (2, enc.dim)
+    assert np.linalg.norm(out[0]) == pytest.approx(1.0, abs=1e-5) and not np.any(out[1])
