@@ -35,11 +35,17 @@ class UserBatch:
 
 
 class IndexHolder:
-    """The index in use; swapped atomically for a new snapshot while the stream runs."""
+    """The index in use; swapped atomically for a new snapshot while the stream runs.
+
+    ``lock`` is held by whoever reads or changes the live index as a whole: a batch's
+    recommendations (so one batch sees one consistent index) and a catalogue update's mutations.
+    Embedding new product titles happens outside it.
+    """
 
     def __init__(self, index: ItemIndex) -> None:
         self._index = index
         self._lock = threading.Lock()
+        self.lock = threading.RLock()
 
     @property
     def current(self) -> ItemIndex:
