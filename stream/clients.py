@@ -130,7 +130,7 @@ async def request_forget(settings: Settings, user_id: str) -> int:
     """
     from aiokafka import AIOKafkaProducer
 
-    from stream.live.batches import CONTROL_HEADER, FORGET
+    from stream.core.control import CONTROL_HEADER, FORGET
     from stream.ops.topics import ensure_topics
 
     await ensure_topics(settings)

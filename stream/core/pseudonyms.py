@@ -33,7 +33,7 @@ def pseudonym(key: str | bytes, user_id: str) -> str:
 
 class Pseudonymiser:
     """Event -> Event with user and session ids replaced by their keyed hashes (for
-    ``BatchHandler.pseudonymise`` and the replay); :meth:`user_id` maps a bare user id.
+    the pipeline core and the replay); :meth:`user_id` maps a bare user id.
 
     The session id is hashed as well (storefronts often derive it from a cookie or the user id);
     event ids, products and queries are kept.
@@ -62,5 +62,5 @@ class Pseudonymiser:
 
 
 def pseudonymiser(key: str | bytes) -> Pseudonymiser:
-    """An Event -> Event callable for ``BatchHandler.pseudonymise``."""
+    """An Event -> Event callable for the pipeline core."""
     return Pseudonymiser(key)

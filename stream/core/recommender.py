@@ -76,7 +76,10 @@ class Recommender:
     def recommend(self, batch: Sequence[UserBatch]) -> list[dict[str, Any]]:
         if not batch:
             return []
-        index = self.index.current          # one index for the whole batch, even during a swap
+        with self.index.lock:               # one consistent index for the whole batch
+            return self._recommend(self.index.current, batch)
+
+    def _recommend(self, index: ItemIndex, batch: Sequence[UserBatch]) -> list[dict[str, Any]]:
         for ub in batch:
             for e in ub.events:
                 if e.item_id is not None:

@@ -97,8 +97,19 @@ def dumps(state: dict[str, Any]) -> bytes:
     return orjson.dumps(state)
 
 
+_SHAPE = {"session_id": str, "last": (int, float), "items": list, "queries": list, "purchased": list,
+          "cart": list, "counts": dict, "seen": list}
+
+
 def loads(raw: bytes | None) -> dict[str, Any] | None:
+    """The state in ``raw``; None for none, another state version, or a value of the wrong shape.
+
+    Raises ``orjson.JSONDecodeError`` for bytes that are not JSON at all."""
     if raw is None:
         return None
     state = orjson.loads(raw)
-    return state if state.get("v") == STATE_VERSION else None
+    if not isinstance(state, dict) or state.get("v") != STATE_VERSION:
+        return None
+    if any(not isinstance(state.get(k), t) for k, t in _SHAPE.items()):
+        return None
+    return state

@@ -1,11 +1,11 @@
 """The Faust app, built by a factory from one settings object (no module-level singleton)."""
 from __future__ import annotations
 
-import functools
 import logging
 from typing import Any
 
-from stream.live.batches import BatchHandler
+from stream.core.pipeline import Pipeline
+from stream.live.batches import LiveBatches
 from stream.live.catalog_sync import start_catalog_sync
 from stream.live.services import Services
 from stream.ops.topics import SESSIONS_TABLE
@@ -43,7 +43,7 @@ def faust_options(settings: Settings) -> dict[str, Any]:
         broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
         broker_commit_every=1000,
         broker_commit_interval=1.0,
-        stream_wait_empty=False,
+        stream_wait_empty=False,               # an in-flight batch checks for a rebalance itself
         web_enabled=settings.web_enabled,
         web_bind=settings.web_host,
         web_host=settings.web_host,
@@ -56,62 +56,51 @@ def faust_options(settings: Settings) -> dict[str, Any]:
     )
 
 
-async def set_fetch_max_wait(app: Any, ms: int) -> None:
-    """Bound how long a fetch waits for data on the worker's consumer.
-
-    Faust fixes its consumer's ``fetch_max_wait_ms`` at 1500. A broker that answers a fetch only
-    when that wait ends, rather than as soon as data arrives (tansu, the embedded default, does so
-    here), then adds up to 1.5 s to every event. aiokafka reads the value per request, so it is set
-    on the running consumer's fetcher as soon as the consumer thread has made one.
-    """
-    import asyncio
-
-    for _ in range(600):
-        thread = getattr(app.consumer, "_thread", None)
-        consumer = getattr(thread, "_consumer", None)
-        fetcher = getattr(consumer, "_fetcher", None)
-        if fetcher is not None:
-            fetcher._fetch_max_wait_ms = ms
-            log.info("consumer fetch_max_wait_ms = %d", ms)
-            return
-        await asyncio.sleep(0.1)
-    log.warning("could not set the consumer's fetch_max_wait_ms; fetches may wait up to 1.5 s")
-
-
 def create_app(settings: Settings, services: Services) -> Any:
     """A Faust app whose agent turns events into recommendations with ``services``."""
     import faust
+
+    from stream.live.faust_compat import SessionTable, set_fetch_max_wait
 
     app = faust.App(settings.app_id, **faust_options(settings))
     raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
                partitions=settings.partitions)
     events = app.topic(settings.events_topic, **raw)
-    recommendations = app.topic(settings.recommendations_topic, **raw)
-    dead_letters = app.topic(settings.dead_letter_topic, **raw)
-    sessions = app.Table(SESSIONS_TABLE, default=None, partitions=settings.partitions,
-                         key_type=bytes, value_type=bytes)
-    handler = BatchHandler(services, sessions=sessions, recommendations_topic=recommendations,
-                           dead_letter_topic=dead_letters, events_topic=events)
+    table = app.Table(SESSIONS_TABLE, default=None, partitions=settings.partitions,
+                      key_type=bytes, value_type=bytes)
+    sessions = SessionTable(table)
+    pipeline = build_pipeline(settings, services)
+    batches = LiveBatches(pipeline, app=app, sessions=sessions, events_topic=settings.events_topic,
+                          recommendations_topic=settings.recommendations_topic,
+                          dead_letter_topic=settings.dead_letter_topic,
+                          dead_letter_max_bytes=settings.dead_letter_max_bytes)
     catalog = start_catalog_sync(app, services, settings)     # every worker applies every catalogue update
-    if settings.pseudonymise_key:
-        from stream.core.pseudonyms import pseudonym, pseudonymiser
-
-        handler.pseudonymise = pseudonymiser(str(settings.pseudonymise_key))
-        handler.pseudonymise_id = functools.partial(pseudonym, str(settings.pseudonymise_key))
 
     @app.agent(events, name="recommend")
     async def recommend(stream):  # noqa: ANN001 - faust injects the stream
         within = settings.batch_wait_ms / 1000.0 or 0.001
-        async for batch in stream.take_events(settings.batch_size, within=within):
-            await handler.handle(batch)
+        wait_caught_up = getattr(catalog, "wait_caught_up", None)
+        if wait_caught_up is not None:
+            await wait_caught_up()          # events are processed against the whole catalogue
+        batches.stream = stream
+        async for batch in stream.noack_take(settings.batch_size, within=within):
+            await batches.handle(batch)
+
+    @app.timer(interval=0.25)
+    async def retry_held() -> None:
+        await batches.retry_held()
 
     @app.task
     async def tune_fetch_wait() -> None:
         await set_fetch_max_wait(app, settings.fetch_max_wait_ms)
 
+    @app.on_partitions_revoked.connect
+    async def release_revoked(app, revoked, **kwargs) -> None:  # noqa: ANN001 - faust signal
+        batches.release({tp.partition for tp in revoked if tp.topic == settings.events_topic})
+
     @app.timer(interval=settings.session_sweep_interval_s)
     async def sweep_sessions() -> None:
-        n = handler.sweep(settings.session_retention_s)
+        n = batches.sweep(settings.session_retention_s)
         if n:
             log.info("expired %d idle session(s)", n)
 
@@ -124,6 +113,7 @@ def create_app(settings: Settings, services: Services) -> Any:
             "recovery_done": recovery.completed.is_set() and not app.in_recovery,
             "not_rebalancing": not app.rebalancing,
             "catalog_synced": catalog.caught_up,
+            "catalog_healthy": getattr(catalog, "healthy", True),
         }
         return checks
 
@@ -153,7 +143,22 @@ def create_app(settings: Settings, services: Services) -> Any:
 
     services.metrics.watch_lag(consumer_lag)
 
-    app.shopstream = {"services": services, "handler": handler, "sessions": sessions,
-                      "topics": {"events": events, "recommendations": recommendations,
-                                 "dead_letters": dead_letters}}
+    app.shopstream = {"services": services, "batches": batches, "sessions": sessions, "catalog": catalog}
     return app
+
+
+def build_pipeline(settings: Settings, services: Services) -> Pipeline:
+    """The pipeline core as this worker runs it (replay builds its own the same way)."""
+    pseudonymise = pseudonymise_id = None
+    if settings.pseudonymise_key:
+        from stream.core.pseudonyms import pseudonymiser
+
+        pseudonymise = pseudonymiser(str(settings.pseudonymise_key))
+        pseudonymise_id = pseudonymise.user_id
+    fail = frozenset(x.strip() for x in settings.fault_event_ids.split(",") if x.strip())
+    if fail:
+        log.warning("TEST HOOK: the encoder fails for %d event id(s) (SHOPSTREAM_FAULT_EVENT_IDS)", len(fail))
+    return Pipeline(validator=services.validator, recommender=services.recommender, limits=services.limits,
+                    metrics=services.metrics, pseudonymise=pseudonymise, pseudonymise_id=pseudonymise_id,
+                    partitioner=settings.partitioner, partitions=settings.partitions,
+                    hold_unknown_s=settings.unknown_product_hold_s, fail_event_ids=fail)

@@ -1,154 +1,215 @@
-"""One micro-batch of raw Kafka events: validate, dead-letter, fold, recommend, publish.
+"""The live driver of the pipeline core: Faust events in, published results, then acks.
 
-Kept apart from the Faust wiring (``stream.live.app``) so its steps read in order.
+For each micro-batch (``stream.noack_take``: Faust acks nothing by itself):
+
+1. the core runs in a worker thread (:meth:`Pipeline.process`); if it raises, it is retried with
+   bounded backoff, then :meth:`Pipeline.process_isolating` dead-letters only what causes it;
+2. recommendations, dead letters and re-keyed events are sent and their delivery awaited; a send
+   that fails is retried with backoff for as long as it takes (the broker gone stalls the worker,
+   it never drops);
+3. session writes go to the sessions table on the partition each names -- unless a rebalance
+   began while the batch ran, in which case nothing is written and nothing acked: the partitions'
+   next owner processes those events again;
+4. only then are the batch's events acked. Faust commits acked offsets after flushing its
+   producer, so an offset is committed only once everything the event caused is in Kafka.
+
+Events naming a product the catalogue does not have yet are held (not acked) and offered again
+with the next batch, or by a timer when no batch comes, until ``unknown_product_hold_s`` passes.
+A consumer therefore sees duplicates after a crash or a rebalance, never gaps.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-import weakref
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
 import orjson
 
-from stream.core import session_state
-from stream.core.recommender import UserBatch
-from stream.core.schema import Event
-from stream.errors import InvalidEvent
-from stream.live.services import Services
+from stream.core.dead_letters import Message, dead_letter_record
+from stream.core.pipeline import BatchResult, Pipeline
+from stream.live.faust_compat import SessionTable
 
 log = logging.getLogger(__name__)
 
-DLQ_HEADER = "shopstream.dead-letter."
-CONTROL_HEADER = "shopstream.control"
-FORGET = b"forget"
+RETRY_DELAYS_S = (0.05, 0.2, 0.5)        # re-runs of a failed batch before isolating the cause
+MAX_SEND_BACKOFF_S = 5.0
 
 
-def control_of(ev: Any) -> bytes | None:
-    """The control verb of a message (``shopstream forget`` sends ``forget``), or None for events."""
-    for k, v in (ev.message.headers or ()):
-        if k == CONTROL_HEADER:
-            return v
-    return None
+def to_message(event: Any, received_at: float) -> Message:
+    msg = event.message
+    headers = tuple((k, v) for k, v in (msg.headers or ()))
+    return Message(msg.key, msg.value, msg.topic, msg.partition, msg.offset, headers, received_at)
 
 
-def dead_letter_headers(err: InvalidEvent, topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:
-    return [(DLQ_HEADER + "reason", err.reason.encode()), (DLQ_HEADER + "detail", err.detail[:500].encode()),
-            (DLQ_HEADER + "topic", topic.encode()), (DLQ_HEADER + "partition", str(partition).encode()),
-            (DLQ_HEADER + "offset", str(offset).encode())]
+class LiveBatches:
+    """Runs micro-batches of one worker's events through ``pipeline``."""
 
-
-def _set_current_event(event: Any) -> None:
-    """Faust routes a table write's changelog record by the *current* event's partition.
-
-    A micro-batch spans partitions, so before writing one user's state we make that user's own
-    event current (the user's events all arrive on the partition their key hashes to).
-    """
-    from faust.streams import _current_event
-
-    _current_event.set(weakref.ref(event))
-
-
-class BatchHandler:
-    def __init__(self, services: Services, *, sessions, recommendations_topic, dead_letter_topic,
-                 events_topic) -> None:
-        self.s = services
+    def __init__(self, pipeline: Pipeline, *, app: Any, sessions: SessionTable, events_topic: str,
+                 recommendations_topic: str, dead_letter_topic: str, dead_letter_max_bytes: int) -> None:
+        self.pipeline = pipeline
+        self.app = app
         self.sessions = sessions
+        self.events_topic = events_topic
         self.recommendations_topic = recommendations_topic
         self.dead_letter_topic = dead_letter_topic
-        self.events_topic = events_topic
+        self.dead_letter_max_bytes = dead_letter_max_bytes
+        self.stream: Any = None                          # the agent's stream, for acks
+        self.held: list[tuple[Message, Any]] = []       # (message, faust event), oldest first
+        self._lock = asyncio.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recommend")
-        self.pseudonymise = None     # Event -> Event, set when a pseudonymisation key is configured
-        self.pseudonymise_id = None  # str -> str, the same keyed hash for control messages
 
+    @property
+    def metrics(self):
+        return self.pipeline.metrics
+
+    # -----------------------------------------------------------------------------------------
     async def handle(self, events: Sequence[Any]) -> None:
-        metrics = self.s.metrics
-        by_user: OrderedDict[str, list[tuple[Event | None, Any]]] = OrderedDict()
-        for ev in events:
-            msg = ev.message
-            if control_of(ev) == FORGET and isinstance(ev.key, bytes):
-                # erase the user's session: None in the user's list resets the state there
-                user_id = ev.key.decode("utf-8", "replace")
-                if self.pseudonymise_id is not None:
-                    user_id = self.pseudonymise_id(user_id)
-                by_user.setdefault(user_id, []).append((None, ev))
-                log.info("forget request for a user: session state erased")
-                continue
-            try:
-                try:
-                    parsed = self.s.validator.parse(ev.value)
-                except InvalidEvent:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - no single message may stop the worker
-                    raise InvalidEvent("unprocessable", f"{type(exc).__name__}: {exc}") from exc
-            except InvalidEvent as err:
-                metrics.on_dead_letter(err.reason)
-                await self.dead_letter_topic.send(
-                    key=ev.key, value=ev.value,
-                    headers=dead_letter_headers(err, msg.topic, msg.partition, msg.offset))
-                continue
-            key = ev.key.decode("utf-8", "replace") if isinstance(ev.key, bytes) else ev.key
-            if key != parsed.user_id:
-                # keyed wrongly: send it back keyed by user so it lands on the user's partition
-                await self.events_topic.send(key=parsed.user_id.encode(), value=ev.value)
-                continue
-            metrics.on_event_in(parsed.type)
-            if self.pseudonymise is not None:
-                parsed = self.pseudonymise(parsed)
-            by_user.setdefault(parsed.user_id, []).append((parsed, ev))
-        if not by_user:
-            return
+        """One micro-batch (and whatever is held from before)."""
+        now = time.monotonic()
+        async with self._lock:
+            await self._run(self.held + [(to_message(ev, now), ev) for ev in events])
 
-        batch: list[UserBatch] = []
-        last_event: list[Any] = []
-        for user_id, items in by_user.items():
-            state = session_state.loads(self.sessions.get(user_id.encode()))
-            for parsed, _ in items:
-                state = None if parsed is None else session_state.fold(state, parsed, self.s.limits)
-            if any(p is None for p, _ in items):   # forgotten: a tombstone in the changelog first
-                _set_current_event(items[-1][1])
-                self.sessions.pop(user_id.encode(), None)
-            if state is None:                       # and no event since
-                continue
-            state["p"] = items[-1][1].message.partition    # where its changelog records go (sweeps)
-            state["seen_at"] = time.time()
-            batch.append(UserBatch(user_id, state, [p for p, _ in items if p is not None]))
-            last_event.append(items[-1][1])
-        if not batch:
+    async def retry_held(self) -> None:
+        """Offer held events again when no new batch has come to carry them."""
+        if not self.held or self._lock.locked():
             return
-        metrics.on_batch(sum(len(ub.events) for ub in batch), len(batch))
+        async with self._lock:
+            if self.held:
+                await self._run(list(self.held))
 
+    async def _run(self, pending: list[tuple[Message, Any]]) -> None:
+        self.held = []
+        if not pending:
+            return
+        generation = self.app.rebalancing_count
+        events_of = {(m.partition, m.offset): ev for m, ev in pending}
+        messages = [m for m, _ in pending]
+        result = await self._process(messages)
+        await self._publish(result)
+        if self.app.rebalancing or self.app.rebalancing_count != generation:
+            log.info("a rebalance began during a batch of %d event(s): its session writes and acks are "
+                     "left to the partitions' next owner", len(messages))
+            return
+        owned = self.owned_partitions()
+        for w in result.state_writes:          # no await from the check above to the last write
+            if w.partition not in owned:
+                continue
+            if w.value is None:
+                self.sessions.delete(w.partition, w.key)
+            else:
+                self.sessions.set(w.partition, w.key, w.value)
+        self.held = [(m, events_of[(m.partition, m.offset)]) for m in result.held]
+        for m in result.done:
+            if m.partition in owned:
+                await self.stream.ack(events_of[(m.partition, m.offset)])
+
+    async def _process(self, messages: list[Message]) -> BatchResult:
         loop = asyncio.get_running_loop()
-        recs = await loop.run_in_executor(self._executor, self.s.recommender.recommend, batch)
+        read = self.sessions.get
+        error: BaseException | None = None
+        for attempt, delay in enumerate((0.0, *RETRY_DELAYS_S)):
+            if delay:
+                await asyncio.sleep(delay)
+            try:
+                return await loop.run_in_executor(self._executor, self.pipeline.process, messages, read)
+            except Exception as exc:  # noqa: BLE001 - retried, then isolated
+                error = exc
+                log.warning("batch of %d message(s) failed (attempt %d): %s: %s", len(messages), attempt + 1,
+                            type(exc).__name__, exc)
+        return await loop.run_in_executor(self._executor, self.pipeline.process_isolating, messages, read, error)
 
-        for ub, ev in zip(batch, last_event):
-            _set_current_event(ev)
-            self.sessions[ub.user_id.encode()] = session_state.dumps(ub.state)
-        now = time.time()
-        for ub, rec in zip(batch, recs):
-            await self.recommendations_topic.send(key=ub.user_id.encode(), value=orjson.dumps(rec))
-            metrics.observe_end_to_end(now - max(e.ts for e in ub.events))
-        metrics.on_recommendation_out(len(recs))
+    async def _publish(self, result: BatchResult) -> None:
+        sends: list[tuple[str, bytes | None, bytes | None, int | None, list | None]] = []
+        for rec in result.recommendations:
+            sends.append((self.recommendations_topic, rec["user_id"].encode(), orjson.dumps(rec), None, None))
+        for dl in result.dead_letters:
+            key, value, headers = dead_letter_record(dl, self.dead_letter_max_bytes)
+            sends.append((self.dead_letter_topic, key, value, None, headers))
+        for r in result.resends:
+            sends.append((self.events_topic, r.key, r.value, r.partition, list(r.headers) or None))
+        await publish(self.app.producer, sends)
+        if result.recommendations:
+            now = time.time()
+            for ts in result.latest_event_ts:
+                self.metrics.observe_end_to_end(now - ts)
+            self.metrics.on_recommendation_out(len(result.recommendations))
+
+    # -----------------------------------------------------------------------------------------
+    def owned_partitions(self) -> set[int]:
+        consumer = self.app.consumer
+        if consumer is None:
+            return set()
+        return {tp.partition for tp in consumer.assignment() if tp.topic == self.events_topic}
 
     def sweep(self, retention_s: float, now: float | None = None) -> int:
-        """Delete sessions untouched for ``retention_s`` (wall clock); returns how many.
+        """Delete sessions untouched for ``retention_s`` (wall clock) on the partitions this worker
+        owns; returns how many."""
+        from stream.core import session_state
 
-        Runs from a timer, outside any event, so each tombstone goes to the changelog partition
-        recorded in the state when it was last written."""
         now = time.time() if now is None else now
         expired = []
-        for key, raw in list(self.sessions.items()):
-            state = session_state.loads(raw)
+        for partition, key, raw in self.sessions.items(self.owned_partitions()):
+            try:
+                state = session_state.loads(raw)
+            except Exception:  # noqa: BLE001 - unreadable: nothing worth keeping
+                state = None
             if state is None or now - state.get("seen_at", now) > retention_s:
-                expired.append((key, (state or {}).get("p")))
-        for key, partition in expired:
-            self.sessions.data.pop(key, None)
-            if partition is not None:
-                self.sessions.send_changelog(partition, key, None)
+                expired.append((partition, key))
+        for partition, key in expired:
+            self.sessions.delete(partition, key)
         return len(expired)
+
+    def release(self, partitions: set[int]) -> None:
+        n = self.sessions.release(partitions)
+        self.held = [(m, ev) for m, ev in self.held if m.partition not in partitions]
+        if n:
+            log.info("released %d session(s) of revoked partition(s) %s", n, sorted(partitions))
 
     def close(self) -> None:
         self._executor.shutdown(wait=False)
+
+
+async def publish(producer: Any, sends: list[tuple[str, bytes | None, bytes | None, int | None, list | None]]) -> None:
+    """Send every (topic, key, value, partition, headers) and wait until each is delivered.
+
+    A failed send is retried with backoff until it goes through: a broker that is away stalls the
+    batch, it never drops one. A dead letter the broker refuses as too large goes again without
+    its value (its headers keep the reason, original size and hash).
+    """
+    pending = list(sends)
+    delay = 0.1
+    attempt = 0
+    while pending:
+        attempt += 1
+        futures, failed = [], []
+        for item in pending:
+            topic, key, value, partition, headers = item
+            try:
+                futures.append((item, await producer.send(topic, key, value, partition, None, headers)))
+            except Exception as exc:  # noqa: BLE001 - classified and retried below
+                failed.append(_after_failure(item, exc, attempt))
+        for item, fut in futures:
+            try:
+                await fut
+            except Exception as exc:  # noqa: BLE001
+                failed.append(_after_failure(item, exc, attempt))
+        if failed:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_SEND_BACKOFF_S)
+        pending = failed
+
+
+def _after_failure(item: tuple, exc: BaseException, attempt: int) -> tuple:
+    from aiokafka.errors import MessageSizeTooLargeError
+
+    topic, key, value, partition, headers = item
+    cause = exc if isinstance(exc, MessageSizeTooLargeError) else exc.__cause__
+    if isinstance(cause, MessageSizeTooLargeError) and headers and value is not None:
+        log.error("a dead letter of %d bytes was refused as too large; sending it without its value",
+                  len(value))
+        return (topic, key, None, partition, [*headers, ("shopstream.dead-letter.truncated", b"dropped-value")])
+    if attempt == 1 or attempt % 20 == 0:
+        log.warning("send to %s failed (attempt %d), retrying: %s: %s", topic, attempt, type(exc).__name__, exc)
+    return item

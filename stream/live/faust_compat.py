@@ -1,6 +1,15 @@
-"""True end offsets for table recovery, on brokers whose ListOffsets(latest) answer is short.
+"""Every reach into faust-streaming's and aiokafka's internals, in one place.
 
-Faust recovers a table by reading its changelog up to the end offsets that ListOffsets reports.
+Each reach says why no public API does the job; ``tests/stream/live/test_faust_compat.py`` fails
+loudly when the pinned versions (faust-streaming 0.15.3, aiokafka 0.14.0) stop having what is used.
+
+1. :func:`install_highwater_check` -- true end offsets for table recovery (below).
+2. :func:`set_fetch_max_wait` -- the consumer's fetch wait, which Faust fixes at 1,500 ms.
+3. :class:`SessionTable` -- reads, writes and deletes of the sessions table that name their
+   partition, instead of Faust's ambient "current event".
+4. :func:`committed_offset` -- the last committed offset of a partition (consumer lag).
+
+True end offsets: Faust recovers a table by reading its changelog up to the end offsets that ListOffsets reports.
 tansu 0.x (the embedded broker) answers with the base offset of the partition's last record batch,
 so a recovering worker would stop before that batch and lose the latest sessions on a restart or
 rebalance. :func:`install` makes the worker check each end offset with a fetch from there, whose
@@ -10,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from stream.settings import Settings
 
@@ -53,7 +62,7 @@ async def checked_end_offsets(settings: Settings, listed: Mapping[Any, int]) -> 
     return out
 
 
-def install(settings: Settings) -> None:
+def install_highwater_check(settings: Settings) -> None:
     """Make Faust's aiokafka consumer check the end offsets it recovers tables up to."""
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
@@ -69,3 +78,86 @@ def install(settings: Settings) -> None:
         return await checked_end_offsets(_installed["settings"], listed)
 
     AIOKafkaConsumerThread._highwaters = _highwaters
+
+
+# -- 2. the consumer's fetch wait ------------------------------------------------------------------
+async def set_fetch_max_wait(app: Any, ms: int) -> None:
+    """Bound how long a fetch waits for data on the worker's consumer.
+
+    Faust fixes its consumer's ``fetch_max_wait_ms`` at 1500 and offers no setting for it. A broker
+    that answers a fetch only when that wait ends (tansu, the embedded default) then adds up to
+    1.5 s to every event. aiokafka reads the value per request, so it is set on the running
+    consumer's fetcher (``consumer._thread._consumer._fetcher``) as soon as the consumer thread
+    has made one.
+    """
+    import asyncio
+
+    for _ in range(600):
+        thread = getattr(app.consumer, "_thread", None)
+        consumer = getattr(thread, "_consumer", None)
+        fetcher = getattr(consumer, "_fetcher", None)
+        if fetcher is not None:
+            fetcher._fetch_max_wait_ms = ms
+            log.info("consumer fetch_max_wait_ms = %d", ms)
+            return
+        await asyncio.sleep(0.1)
+    log.warning("could not set the consumer's fetch_max_wait_ms; fetches may wait up to 1.5 s")
+
+
+# -- 3. the sessions table, partition by partition -------------------------------------------------
+class SessionTable:
+    """The sessions table with every access naming its partition (quix-streams' way).
+
+    Faust's ``Table.__setitem__`` sends the changelog record to the partition of the *current
+    event* (a contextvar), which a micro-batch spanning partitions cannot honestly set. Here a
+    write goes to the local store and, through the public ``Table.send_changelog(partition, ...)``,
+    to the changelog partition the caller names. The memory store keeps which partition each key
+    came from in ``Store._key_partition`` (it uses it to drop revoked keys after recovery); writes
+    keep it up to date so sweeps and revocations touch only the right partitions.
+    """
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    @property
+    def _store(self) -> Any:
+        return self.table.data
+
+    def get(self, partition: int, key: bytes) -> bytes | None:
+        return self._store.data.get(key)
+
+    def set(self, partition: int, key: bytes, value: bytes) -> None:
+        store = self._store
+        store.data[key] = value
+        store._key_partition[key] = partition
+        self.table.send_changelog(partition, key, value)
+
+    def delete(self, partition: int, key: bytes) -> None:
+        store = self._store
+        store.data.pop(key, None)
+        store._key_partition.pop(key, None)
+        self.table.send_changelog(partition, key, None)
+
+    def items(self, partitions: set[int]) -> Iterator[tuple[int, bytes, bytes]]:
+        """(partition, key, value) of the sessions held for ``partitions``."""
+        store = self._store
+        for key, partition in list(store._key_partition.items()):
+            if partition in partitions:
+                value = store.data.get(key)
+                if value is not None:
+                    yield partition, key, value
+
+    def release(self, partitions: set[int]) -> int:
+        """Drop the sessions of ``partitions`` (revoked: another worker owns them now) from memory."""
+        store = self._store
+        gone = [k for k, p in store._key_partition.items() if p in partitions]
+        for key in gone:
+            store.data.pop(key, None)
+            store._key_partition.pop(key, None)
+        return len(gone)
+
+
+# -- 4. committed offsets --------------------------------------------------------------------------
+def committed_offset(consumer: Any, tp: Any) -> int | None:
+    """The offset last committed for ``tp`` by this worker (Faust keeps no public accessor)."""
+    return consumer._committed_offset.get(tp)

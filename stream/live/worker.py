@@ -13,7 +13,7 @@ def run_worker(settings: Settings) -> None:
     from faust.worker import Worker
 
     from stream.live.app import create_app
-    from stream.live.faust_compat import install as install_highwater_check
+    from stream.live.faust_compat import install_highwater_check
     from stream.live.services import load_services
     from stream.ops.logs import worker_logging_config
     from stream.ops.prometheus import create_metrics

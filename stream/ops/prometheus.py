@@ -126,6 +126,8 @@ class _LagCollector:
 
 def faust_consumer_lag(app, topic: str) -> dict[tuple[str, int], int]:
     """Lag of ``topic``'s assigned partitions: high-water mark minus the committed offset."""
+    from stream.live.faust_compat import committed_offset
+
     consumer = app.consumer
     out: dict[tuple[str, int], int] = {}
     for tp in consumer.assignment():
@@ -134,7 +136,7 @@ def faust_consumer_lag(app, topic: str) -> dict[tuple[str, int], int]:
         highwater = consumer.highwater(tp)
         if highwater is None:
             continue
-        committed = consumer._committed_offset.get(tp)   # faust keeps no public accessor for it
+        committed = committed_offset(consumer, tp)
         out[(tp.topic, tp.partition)] = max(int(highwater) - int(committed or 0), 0)
     return out
 

@@ -23,7 +23,7 @@ import os
 import re
 import signal
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,8 +31,10 @@ from typing import Any
 
 import orjson
 
-from stream.core import session_state
-from stream.errors import BrokerError, ConfigError, InvalidEvent
+from stream.core.dead_letters import Message, dead_letter_record
+from stream.core.pipeline import Pipeline
+from stream.errors import BrokerError, ConfigError
+from stream.live.batches import publish
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -165,6 +167,7 @@ class Replay:
         self.settings = settings
         self.topic = topic or settings.events_topic
         self.output = output or f"{settings.recommendations_topic}-replay"
+        self.dead_letter_topic = f"{self.output}-dead-letter"
         if self.output == self.topic:
             raise ConfigError("the output topic must not be the topic being replayed")
         if rate is not None and rate <= 0:
@@ -262,15 +265,12 @@ class Replay:
         from stream.live.services import load_services
         from stream.ops.topics import TopicSpec, ensure_topics
 
-        await ensure_topics(self.settings, [TopicSpec(self.output, len(ckpt.slice))])
+        await ensure_topics(self.settings, [TopicSpec(self.output, len(ckpt.slice)),
+                                            TopicSpec(self.dead_letter_topic, len(ckpt.slice))])
         services = self.services or load_services(self.settings)
         recommender = services.recommender
         recommender.popularity = Counter(ckpt.popularity)
-        pseudonymise = None
-        if self.settings.pseudonymise_key:
-            from stream.core.pseudonyms import pseudonymiser
-
-            pseudonymise = pseudonymiser(str(self.settings.pseudonymise_key))
+        pipeline = replay_pipeline(self.settings, services)
         counts = {"events": 0, "recommendations": 0, "dead_lettered": 0, "reasons": {}, "batches": 0,
                   **ckpt.counts}
         resumed_at = counts["events"]
@@ -312,17 +312,22 @@ class Replay:
                 if not batch:
                     finished = True
                     break
-                recs, states, dead = await self._process(batch, sessions, recommender, services, pseudonymise)
-                sends = [await producer.send(self.output, orjson.dumps(r), key=r["user_id"].encode(),
-                                             headers=[REPLAY_HEADER]) for r in recs]
-                if sends:
-                    await asyncio.gather(*sends)
+                result = await asyncio.to_thread(pipeline.process_isolating, [_message(m) for m in batch],
+                                                 lambda _partition, key: sessions.get(key.decode()))
+                recs = result.recommendations
+                sends = [(self.output, r["user_id"].encode(), orjson.dumps(r), None, [REPLAY_HEADER])
+                         for r in recs]
+                for dl in result.dead_letters:
+                    key, value, headers = dead_letter_record(dl, self.settings.dead_letter_max_bytes)
+                    sends.append((self.dead_letter_topic, key, value, None, [REPLAY_HEADER, *headers]))
+                await publish(_Sender(producer), sends)
                 # the batch is out: commit it to the in-memory state (no await from here on)
-                for user_id, state in states.items():
-                    if state is None:
-                        sessions.pop(user_id, None)
+                for w in result.state_writes:
+                    if w.value is None:
+                        sessions.pop(w.key.decode(), None)
                     else:
-                        sessions[user_id] = state
+                        sessions[w.key.decode()] = w.value
+                dead = Counter(dl.reason for dl in result.dead_letters)
                 popularity_at_boundary = Counter(recommender.popularity)
                 for msg in batch:
                     positions[msg.partition] = msg.offset + 1
@@ -359,55 +364,33 @@ class Replay:
             batches=counts["batches"], seconds=time.monotonic() - started, resumed_at=resumed_at,
             slice=ckpt.slice)
 
-    async def _process(self, batch, sessions, recommender, services, pseudonymise):
-        """The worker's batch steps, on this replay's own sessions; nothing is committed here.
 
-        Returns (recommendations, {user: state bytes, or None for a forgotten session}, dead letters).
-        """
-        from stream.core.recommender import UserBatch
-        from stream.live.batches import CONTROL_HEADER, FORGET
+def replay_pipeline(settings: Settings, services) -> Pipeline:
+    """The pipeline core as replay runs it: no holds, no re-sending to the live topic (a wrongly
+    keyed event is its user's event here), ``produced_at`` from event time."""
+    pseudonymise = None
+    if settings.pseudonymise_key:
+        from stream.core.pseudonyms import pseudonymiser
 
-        dead: Counter = Counter()
-        by_user: OrderedDict[str, list] = OrderedDict()
-        for msg in batch:
-            if (CONTROL_HEADER, FORGET) in (msg.headers or ()) and msg.key:
-                # `shopstream forget` as the worker applies it: the session restarts from nothing here
-                user_id = msg.key.decode("utf-8", "replace")
-                if pseudonymise is not None:
-                    user_id = pseudonymise.user_id(user_id)
-                by_user.setdefault(user_id, []).append(None)
-                continue
-            try:
-                try:
-                    parsed = services.validator.parse(msg.value)
-                except InvalidEvent:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - as in the worker: no message stops the replay
-                    raise InvalidEvent("unprocessable", f"{type(exc).__name__}: {exc}") from exc
-            except InvalidEvent as err:
-                dead[err.reason] += 1
-                continue
-            if pseudonymise is not None:
-                parsed = pseudonymise(parsed)
-            by_user.setdefault(parsed.user_id, []).append(parsed)
-        users, states = [], {}
-        for user_id, items in by_user.items():
-            state = session_state.loads(sessions.get(user_id))
-            for ev in items:
-                state = None if ev is None else session_state.fold(state, ev, services.limits)
-            events = [ev for ev in items if ev is not None]
-            if events:
-                users.append(UserBatch(user_id, state, events))
-            else:
-                states[user_id] = None
-        if not users:
-            return [], states, dead
-        batch_time = max(ev.ts for ub in users for ev in ub.events)
-        recommender.clock = lambda: batch_time     # produced_at: event time, not wall time
-        recs = await asyncio.to_thread(recommender.recommend, users)
-        for ub in users:
-            states[ub.user_id] = session_state.dumps(ub.state)
-        return recs, states, dead
+        pseudonymise = pseudonymiser(str(settings.pseudonymise_key))
+    return Pipeline(validator=services.validator, recommender=services.recommender, limits=services.limits,
+                    pseudonymise=pseudonymise, pseudonymise_id=pseudonymise.user_id if pseudonymise else None,
+                    resend_wrong_keys=False, produced_at_event_time=True)
+
+
+def _message(record) -> Message:
+    return Message(record.key, record.value, record.topic, record.partition, record.offset,
+                   tuple(record.headers or ()))
+
+
+class _Sender:
+    """aiokafka's producer with the (topic, key, value, partition, timestamp, headers) call of Faust's."""
+
+    def __init__(self, producer) -> None:
+        self.producer = producer
+
+    async def send(self, topic, key, value, partition, timestamp, headers):
+        return await self.producer.send(topic, value, key=key, partition=partition, headers=headers)
 
 
 async def _end_offsets(consumer, tps: list) -> dict:
