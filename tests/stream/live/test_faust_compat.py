@@ -1,0 +1,76 @@
+"""Every Faust/aiokafka internal that stream/live/faust_compat.py reaches still exists.
+
+These fail loudly, with the reason, when a change of the pinned versions removes or renames one.
+"""
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+PRIVATE = re.compile(r"_current_event|_fetch_max_wait_ms|_highwaters|_committed_offset|\._thread\._consumer"
+                     r"|send_changelog|_key_partition|_db_for_partition")
+
+
+def test_pinned_versions():
+    import aiokafka
+    import faust
+
+    assert faust.__version__ == "0.15.3", "faust_compat was checked against faust-streaming 0.15.3"
+    assert aiokafka.__version__ == "0.14.0", "faust_compat was checked against aiokafka 0.14.0"
+
+
+def test_highwater_reach():
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    assert inspect.iscoroutinefunction(AIOKafkaConsumerThread._highwaters), \
+        "AIOKafkaConsumerThread._highwaters changed: table recovery may stop short of the changelog end"
+
+
+def test_fetch_wait_reach():
+    from aiokafka.consumer.fetcher import Fetcher
+
+    src = inspect.getsource(Fetcher)
+    assert "self._fetch_max_wait_ms" in src, "aiokafka's Fetcher no longer reads _fetch_max_wait_ms per request"
+
+
+def test_memory_store_reach():
+    from faust.stores.memory import Store
+
+    src = inspect.getsource(Store)
+    assert "self._key_partition" in src and "self.data" in src, \
+        "faust's memory store no longer tracks the partition of each key"
+
+
+def test_send_changelog_takes_a_partition():
+    from faust.tables.base import Collection
+
+    params = list(inspect.signature(Collection.send_changelog).parameters)
+    assert params[:4] == ["self", "partition", "key", "value"]
+
+
+def test_committed_offset_reach():
+    from faust.transport.consumer import Consumer
+
+    assert "_committed_offset" in inspect.getsource(Consumer)
+
+
+def test_noack_take_exists():
+    from faust.streams import Stream
+
+    assert hasattr(Stream, "noack_take"), "faust's Stream.noack_take is gone: the agent would ack unprocessed events"
+    assert "self.ack(event)" not in inspect.getsource(Stream.noack_take).replace("#     await self.ack(event)", "")
+
+
+@pytest.mark.parametrize("package", ["stream", "engines", "index", "learn"])
+def test_internals_are_reached_from_one_module_only(package):
+    offenders = []
+    for path in (REPO / package).rglob("*.py"):
+        if path.name == "faust_compat.py":
+            continue
+        if PRIVATE.search(path.read_text()):
+            offenders.append(str(path.relative_to(REPO)))
+    assert not offenders, f"Faust/aiokafka internals reached outside stream/live/faust_compat.py: {offenders}"
