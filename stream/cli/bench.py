@@ -23,12 +23,16 @@ def register(cli: click.Group) -> None:
     @click.option("--events", "n_events", type=click.IntRange(min=1), default=20_000, show_default=True)
     @click.option("--rate", type=click.FloatRange(min=1), default=None,
                   help="Offered load in events/s (default: as fast as the producer can).")
-    @click.option("--users", type=click.IntRange(min=1), default=2000, show_default=True)
+    @click.option("--users", type=click.IntRange(min=1), default=2000, show_default=True,
+                  help="Shoppers the real Online Retail shoppers are folded into; equal to --events: "
+                       "every event a different shopper (the worst case for session writes).")
+    @click.option("--ceiling/--no-ceiling", default=True, show_default=True,
+                  help="First measure a plain aiokafka forwarder through the same broker and partitions.")
     @click.option("--bad-share", type=click.FloatRange(0, 0.5), default=0.01, show_default=True)
     @click.option("--partitions", type=click.IntRange(min=1), default=4, show_default=True)
     @click.option("--broker", default=None, help="Kafka to use (default: start the embedded broker).")
     @click.option("--json", "as_json", is_flag=True)
-    def e2e(n_events, rate, users, bad_share, partitions, broker, as_json) -> None:
+    def e2e(n_events, rate, users, ceiling, bad_share, partitions, broker, as_json) -> None:
         """Drive N events through broker, worker and the recommendations topic."""
         from stream.tools.bench_e2e import render, run_e2e_bench
         from stream.tools.processes import terminate_on_sigterm
@@ -36,7 +40,8 @@ def register(cli: click.Group) -> None:
         terminate_on_sigterm()
 
         result = run_e2e_bench(n_events=n_events, rate=rate, users=users, bad_share=bad_share,
-                               partitions=partitions, broker=broker, progress=not as_json)
+                               partitions=partitions, broker=broker, progress=not as_json,
+                               with_ceiling=ceiling)
         emit(result, as_json, render)
 
     @bench.command("encoder")

@@ -11,6 +11,7 @@ import os
 import platform
 import time
 import uuid
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -23,16 +24,23 @@ def _machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}"
 
 
-def scripted_events(n: int, index, encoder, bad_share: float, run_id: str) -> list[tuple[bytes, dict | bytes]]:
+def scripted_events(n: int, index, encoder, bad_share: float, run_id: str,
+                    users: int | None = None) -> list[tuple[bytes, dict | bytes]]:
     """``n`` valid events of real Online Retail shoppers (WANDS searches with storefront results)
-    plus malformed ones at ``bad_share``; values are dicts (stamped at send) or raw bad bytes."""
+    plus malformed ones at ``bad_share``; values are dicts (stamped at send) or raw bad bytes.
+
+    ``users``: the real shoppers are folded into this many (``users >= n``: every event its own
+    shopper, the worst case for session writes); None keeps them as they are."""
     from stream.tools.replay_data import shopper_events
 
     search_results: dict[str, list[str]] = {}
     out: list[tuple[bytes, dict | bytes]] = []
     every = int(1 / bad_share) if bad_share else 0
     for i, se in enumerate(itertools.islice(shopper_events(known=set(index.products)), n), 1):
-        ev = {"event_id": f"{run_id}-{i}", "type": se.type, "user_id": se.user_id, "session_id": se.session_id}
+        user = se.user_id
+        if users is not None:
+            user = f"{run_id}-u{i}" if users >= n else f"{run_id}-u{zlib.crc32(user.encode()) % users}"
+        ev = {"event_id": f"{run_id}-{i}", "type": se.type, "user_id": user, "session_id": f"s-{user}"}
         if se.item_id:
             ev["item_id"] = se.item_id
         else:
@@ -40,13 +48,26 @@ def scripted_events(n: int, index, encoder, bad_share: float, run_id: str) -> li
             if se.query not in search_results:
                 search_results[se.query] = [c.product_id for c in index.search(encoder.encode([se.query]), 20)[0]]
             ev["results"] = search_results[se.query]
-        out.append((se.user_id.encode(), ev))
+        out.append((user.encode(), ev))
         if every and i % every == 0:
-            out.append((se.user_id.encode(), b'{"event_id": "broken'))
+            out.append((user.encode(), b'{"event_id": "broken'))
     return out
 
 
-async def _drive(settings: Settings, events, rate: float | None, progress: bool) -> dict:
+def _event_ids_of_recommendation(value: bytes) -> list[str]:
+    return orjson.loads(value)["event_ids"]
+
+
+def _event_id_of_copy(value: bytes) -> list[str]:
+    try:
+        return [orjson.loads(value)["event_id"]]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return []
+
+
+async def _drive(settings: Settings, events, rate: float | None, progress: bool, *,
+                 out_topic: str | None = None, ids_of=_event_ids_of_recommendation,
+                 count_bad_on: str | None = "dead-letters") -> dict:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
     valid = {v["event_id"] for _, v in events if isinstance(v, dict)}
@@ -55,7 +76,9 @@ async def _drive(settings: Settings, events, rate: float | None, progress: bool)
     latency: dict[str, float] = {}
     seen_other = 0
     dead = 0
-    consumer = AIOKafkaConsumer(settings.recommendations_topic, settings.dead_letter_topic,
+    out_topic = out_topic or settings.recommendations_topic
+    topics = [out_topic] + ([settings.dead_letter_topic] if count_bad_on else [])
+    consumer = AIOKafkaConsumer(*topics,
                                 bootstrap_servers=settings.bootstrap_servers, fetch_max_wait_ms=settings.fetch_max_wait_ms, group_id=None,
                                 auto_offset_reset="latest", **settings.kafka_client_options())
     await consumer.start()
@@ -76,13 +99,13 @@ async def _drive(settings: Settings, events, rate: float | None, progress: bool)
                     if m.topic == settings.dead_letter_topic:
                         dead += 1
                         continue
-                    for eid in orjson.loads(m.value)["event_ids"]:
+                    for eid in ids_of(m.value):
                         if eid in sent_at and eid not in latency:
                             latency[eid] = now - sent_at[eid]
                         elif eid not in valid:
                             seen_other += 1
                     last_arrival[0] = now
-            if len(latency) >= len(valid) and dead >= bad:
+            if len(latency) >= len(valid) and (dead >= bad or not count_bad_on):
                 done.set()
 
     consumer_task = asyncio.create_task(consume())
@@ -136,9 +159,36 @@ async def _drive(settings: Settings, events, rate: float | None, progress: bool)
     }
 
 
-def run_e2e_bench(*, n_events: int, rate: float | None, users: int = 0, bad_share: float = 0.01,
+def measure_ceiling(settings: Settings, events, run_id: str, data_dir: Path) -> dict:
+    """The same messages through the same broker and partitions, forwarded by a plain aiokafka
+    consumer group in a process of its own: what shopstream's events/s is a fraction of."""
+    import subprocess
+    import sys
+
+    from stream.ops.topics import TopicSpec, ensure_topics
+    from stream.tools.demo import stop_process
+    from stream.tools.processes import die_with_parent
+
+    source, target = f"ceiling-in-{run_id}", f"ceiling-out-{run_id}"
+    asyncio.run(ensure_topics(settings, [TopicSpec(source, settings.partitions),
+                                         TopicSpec(target, settings.partitions)]))
+    log = open(data_dir / "logs" / f"bench-forwarder-{run_id}.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "stream.tools.forwarder", settings.bootstrap_servers[0],
+                             source, target, f"ceiling-{run_id}"], stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True, preexec_fn=die_with_parent)
+    try:
+        time.sleep(3.0)                 # joined its group before anything is sent
+        valid_copies = [(k, dict(v)) if isinstance(v, dict) else (k, v) for k, v in events]
+        return asyncio.run(_drive(settings.replace(events_topic=source), valid_copies, None, False,
+                                  out_topic=target, ids_of=_event_id_of_copy, count_bad_on=None))
+    finally:
+        stop_process(proc)
+        log.close()
+
+
+def run_e2e_bench(*, n_events: int, rate: float | None, users: int | None = None, bad_share: float = 0.01,
                   partitions: int = 4, broker: str | None = None, progress: bool = True,
-                  data_dir: Path | None = None) -> dict:
+                  data_dir: Path | None = None, with_ceiling: bool = True) -> dict:
     from index import load_snapshot
     from stream.live.services import load_text_encoder
     from stream.ops.topics import ensure_topics
@@ -161,8 +211,9 @@ def run_e2e_bench(*, n_events: int, rate: float | None, users: int = 0, bad_shar
         settings = prepare_local(settings)
         index = load_snapshot(settings.resolved_index_path)
         encoder = load_text_encoder(settings)
-        events = scripted_events(n_events, index, encoder, bad_share, run_id)
+        events = scripted_events(n_events, index, encoder, bad_share, run_id, users)
         encoder.close()
+        ceiling = measure_ceiling(settings, events, run_id, data_dir) if with_ceiling else None
         asyncio.run(ensure_topics(settings))
         log_path = data_dir / "logs" / f"bench-worker-{run_id}.log"
         worker = start_worker_process(settings, log_path, extra_env={
@@ -171,7 +222,12 @@ def run_e2e_bench(*, n_events: int, rate: float | None, users: int = 0, bad_shar
             "SHOPSTREAM_DEAD_LETTER_TOPIC": settings.dead_letter_topic})
         wait_ready(settings.web_port, worker, timeout=120)
         result = asyncio.run(_drive(settings, events, rate, progress))
-        result.update(machine=_machine(), encoder_artifact=str(settings.encoder_artifact or ""), partitions=partitions, index_products=len(index),
+        if ceiling is not None:
+            result["ceiling_events_per_second"] = ceiling["events_per_second"]
+            result["ceiling_missing"] = ceiling["missing"]
+            if ceiling["events_per_second"] and result["events_per_second"]:
+                result["fraction_of_ceiling"] = round(result["events_per_second"] / ceiling["events_per_second"], 3)
+        result.update(users=users, machine=_machine(), encoder_artifact=str(settings.encoder_artifact or ""), partitions=partitions, index_products=len(index),
                       batch_size=settings.batch_size, batch_wait_ms=settings.batch_wait_ms,
                       broker="embedded tansu" if embedded else broker)
         return result
@@ -189,6 +245,10 @@ def render(r: dict) -> None:
                f"{r['index_products']} products)")
     click.echo(f"offered load       {r['offered_rate'] or 'max'} events/s; sent in {r['send_seconds']} s")
     click.echo(f"sustained          {r['events_per_second']} events/s over {r['elapsed_seconds']} s")
+    if r.get("ceiling_events_per_second"):
+        click.echo(f"broker ceiling     {r['ceiling_events_per_second']} events/s (plain aiokafka group forwarding "
+                   f"each message, same broker, partitions and messages): shopstream at "
+                   f"{r.get('fraction_of_ceiling', 0):.0%} of it")
     click.echo(f"latency (ms)       p50 {lat['p50']}  p95 {lat['p95']}  p99 {lat['p99']}  max {lat['max']}")
     click.echo(f"events             {r['events_valid']} valid: {r['reflected']} reflected, {r['missing']} missing; "
                f"{r['events_malformed']} malformed: {r['dead_lettered']} dead-lettered; {r['unexpected']} unexpected")
