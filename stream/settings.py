@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from stream.core.partitioner import check_partitioner
 from stream.errors import ConfigError
 
 ENV_PREFIX = "SHOPSTREAM_"
@@ -40,6 +41,7 @@ class Settings:
     dead_letter_topic: str = "events-dead-letter"
     catalog_topic: str = "catalog"
     partitions: int = 4
+    partitioner: str = "murmur2"             # how the shop's producers place keys: murmur2 (Java, aiokafka) | crc32 (librdkafka)
     replication_factor: int = 1
     fetch_max_wait_ms: int = 25              # longest a consumer fetch waits for data (latency bound)
     session_timeout_s: float = 10.0          # consumer group: a worker silent this long is replaced
@@ -87,6 +89,7 @@ class Settings:
             bad("broker must not be empty")
         if self.security_protocol not in SECURITY_PROTOCOLS:
             bad(f"security_protocol must be one of {', '.join(SECURITY_PROTOCOLS)}")
+        check_partitioner(self.partitioner)             # ConfigError listing the valid names
         if self.sasl_mechanism not in SASL_MECHANISMS:
             bad(f"sasl_mechanism must be one of {', '.join(SASL_MECHANISMS)}")
         for name in ("partitions", "replication_factor", "batch_size", "top_k", "session_max_items",
