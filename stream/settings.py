@@ -150,6 +150,23 @@ class Settings:
                 keyfile=self.ssl_keyfile or None)
         return opts
 
+    def librdkafka_config(self) -> dict[str, Any]:
+        """Servers and security as librdkafka configuration (confluent-kafka clients).
+
+        The partitioner is left at librdkafka's default (``consistent_random``, CRC32): that is
+        ``partitioner=crc32`` here; ``{"partitioner": "murmur2_random"}`` matches ``murmur2``.
+        """
+        conf: dict[str, Any] = {"bootstrap.servers": ",".join(self.bootstrap_servers),
+                                "security.protocol": self.security_protocol}
+        if self.security_protocol.startswith("SASL"):
+            conf.update({"sasl.mechanism": self.sasl_mechanism, "sasl.username": self.sasl_username,
+                         "sasl.password": str(self.sasl_password)})
+        if self.security_protocol.endswith("SSL"):
+            conf.update({k: v for k, v in (("ssl.ca.location", self.ssl_cafile),
+                                           ("ssl.certificate.location", self.ssl_certfile),
+                                           ("ssl.key.location", self.ssl_keyfile)) if v})
+        return conf
+
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
