@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 class EventProducer:
     """Validates each event against the published schema before sending it, keyed by user id.
 
+    Keys are placed on partitions by ``settings.partitioner``, so events sent from here join the
+    same partition as the storefront's own events for that shopper.
+
         async with EventProducer(settings) as producer:
             await producer.send({"event_id": "e1", "type": "view", ...})
     """
@@ -33,11 +36,13 @@ class EventProducer:
     async def start(self) -> "EventProducer":
         from aiokafka import AIOKafkaProducer
 
+        from stream.core.partitioner import aiokafka_partitioner
         from stream.ops.topics import ensure_topics
 
         await ensure_topics(self.settings)
         self._producer = AIOKafkaProducer(bootstrap_servers=self.settings.bootstrap_servers,
                                           linger_ms=self.linger_ms, acks="all",
+                                          partitioner=aiokafka_partitioner(self.settings.partitioner),
                                           **self.settings.kafka_client_options())
         await self._producer.start()
         return self
@@ -121,28 +126,35 @@ class RecommendationConsumer:
         await self.stop()
 
 
-async def request_forget(settings: Settings, user_id: str) -> int:
-    """Ask the workers to erase ``user_id``'s session: a control message on the events topic.
+async def request_forget(settings: Settings, user_id: str) -> list[int]:
+    """Ask the workers to erase ``user_id``'s session: a control message to every events partition.
 
-    It is keyed by the user id, so it reaches the worker that owns the user's partition, in order
-    with the user's events; that worker deletes the table entry, which writes a tombstone to the
-    sessions changelog (so the erasure survives restarts). Returns the partition it went to.
+    Headers ``shopstream.control: forget``, the user id as key, an empty value, sent once to each
+    partition of the events topic. Whichever partitioner placed the user's events (murmur2 from
+    Java or aiokafka, CRC32 from librdkafka), one copy is in order with them and reaches the
+    worker holding the session, which erases it and writes the tombstone to the changelog
+    partition the session lives on. Returns the partitions it went to.
     """
     from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import KafkaError
 
     from stream.core.control import CONTROL_HEADER, FORGET
+    from stream.errors import BrokerError
     from stream.ops.topics import ensure_topics
 
-    await ensure_topics(settings)
+    partitions = (await ensure_topics(settings))[settings.events_topic]
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all",
                                 **settings.kafka_client_options())
-    await producer.start()
     try:
-        meta = await producer.send_and_wait(settings.events_topic, b"", key=user_id.encode(),
-                                            headers=[(CONTROL_HEADER, FORGET)])
+        await producer.start()
+        sent = [await producer.send(settings.events_topic, b"", key=user_id.encode(), partition=p,
+                                    headers=[(CONTROL_HEADER, FORGET)]) for p in range(partitions)]
+        metas = [await fut for fut in sent]
+    except KafkaError as exc:
+        raise BrokerError(f"could not send the forget request to {settings.broker}: {exc}") from exc
     finally:
         await producer.stop()
-    return meta.partition
+    return [m.partition for m in metas]
 
 
 async def push_catalog(settings: Settings, products: Iterable["Product"] = (),

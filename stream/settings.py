@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from stream.core.partitioner import check_partitioner
 from stream.errors import ConfigError
 
 ENV_PREFIX = "SHOPSTREAM_"
@@ -40,6 +41,7 @@ class Settings:
     dead_letter_topic: str = "events-dead-letter"
     catalog_topic: str = "catalog"
     partitions: int = 4
+    partitioner: str = "murmur2"             # how the shop's producers place keys: murmur2 (Java, aiokafka) | crc32 (librdkafka)
     replication_factor: int = 1
     fetch_max_wait_ms: int = 25              # longest a consumer fetch waits for data (latency bound)
     session_timeout_s: float = 10.0          # consumer group: a worker silent this long is replaced
@@ -58,7 +60,6 @@ class Settings:
     max_event_bytes: int = 16_384
     dead_letter_max_bytes: int = 65_536      # a dead letter's copy of the value is cut to this (headers say so)
     unknown_product_hold_s: float = 5.0      # an event naming a product not in the catalogue yet waits this long
-    partitioner: str = "murmur2"             # the shop's producers': murmur2 (Java, aiokafka) or crc32 (librdkafka)
     fault_event_ids: str = ""                # TEST ONLY: comma-separated event ids the encoder "fails" on
     max_future_skew_s: float = 3600.0        # events later than now + this are rejected
     min_event_time: str = "2000-01-01T00:00:00+00:00"
@@ -91,6 +92,7 @@ class Settings:
             bad("broker must not be empty")
         if self.security_protocol not in SECURITY_PROTOCOLS:
             bad(f"security_protocol must be one of {', '.join(SECURITY_PROTOCOLS)}")
+        check_partitioner(self.partitioner)             # ConfigError listing the valid names
         if self.sasl_mechanism not in SASL_MECHANISMS:
             bad(f"sasl_mechanism must be one of {', '.join(SASL_MECHANISMS)}")
         for name in ("partitions", "replication_factor", "batch_size", "top_k", "session_max_items",
@@ -101,8 +103,6 @@ class Settings:
             bad(f"dead_letter_max_bytes must be at least 1024, got {self.dead_letter_max_bytes}")
         if self.unknown_product_hold_s < 0:
             bad("unknown_product_hold_s must not be negative")
-        if self.partitioner not in ("murmur2", "crc32"):
-            bad(f"partitioner must be murmur2 or crc32, got {self.partitioner!r}")
         if self.batch_wait_ms < 0:
             bad("batch_wait_ms must not be negative")
         if not 0.0 <= self.search_blend <= 1.0:
@@ -156,6 +156,23 @@ class Settings:
                 cafile=self.ssl_cafile or None, certfile=self.ssl_certfile or None,
                 keyfile=self.ssl_keyfile or None)
         return opts
+
+    def librdkafka_config(self) -> dict[str, Any]:
+        """Servers and security as librdkafka configuration (confluent-kafka clients).
+
+        The partitioner is left at librdkafka's default (``consistent_random``, CRC32): that is
+        ``partitioner=crc32`` here; ``{"partitioner": "murmur2_random"}`` matches ``murmur2``.
+        """
+        conf: dict[str, Any] = {"bootstrap.servers": ",".join(self.bootstrap_servers),
+                                "security.protocol": self.security_protocol}
+        if self.security_protocol.startswith("SASL"):
+            conf.update({"sasl.mechanism": self.sasl_mechanism, "sasl.username": self.sasl_username,
+                         "sasl.password": str(self.sasl_password)})
+        if self.security_protocol.endswith("SSL"):
+            conf.update({k: v for k, v in (("ssl.ca.location", self.ssl_cafile),
+                                           ("ssl.certificate.location", self.ssl_certfile),
+                                           ("ssl.key.location", self.ssl_keyfile)) if v})
+        return conf
 
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})

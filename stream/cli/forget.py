@@ -1,4 +1,4 @@
-"""``shopstream forget USER``: erase a shopper's session state (a tombstone in the changelog)."""
+"""``shopstream forget USER``: erase a shopper's session state (tombstones in the changelog)."""
 from __future__ import annotations
 
 import asyncio
@@ -15,14 +15,15 @@ def register(cli: click.Group) -> None:
     def forget(settings, user_id: str) -> None:
         """Erase USER_ID's session state.
 
-        Running workers drop the session in order with the user's events (a control message on
-        the events topic) and a tombstone goes to the sessions changelog at once, keyed by the user
-        id (or its keyed hash when SHOPSTREAM_PSEUDONYMISE_KEY is set), so the erasure survives
-        restarts and holds even while no worker runs.
+        Running workers drop the session in order with the user's events (a control message to
+        every partition of the events topic) and a tombstone goes to every partition of the
+        sessions changelog at once, keyed by the user id (or its keyed hash when
+        SHOPSTREAM_PSEUDONYMISE_KEY is set), so the erasure survives restarts, holds even while no
+        worker runs, and reaches the session whichever partitioner the storefront produced with.
         """
         from stream.ops.erasure import forget as forget_user
         from stream.ops.topics import changelog_topic
 
-        _, partition = asyncio.run(forget_user(settings, user_id))
-        click.echo(f"forgot {user_id}: forget request on {settings.events_topic} and tombstone in "
-                   f"{changelog_topic(settings)}, partition {partition}")
+        _, partitions = asyncio.run(forget_user(settings, user_id))
+        click.echo(f"forgot {user_id}: forget request on {settings.events_topic} and tombstones in "
+                   f"{changelog_topic(settings)}, {len(partitions)} partition(s)")

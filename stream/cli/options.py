@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 import click
 
+from stream.core.partitioner import PARTITIONERS
 from stream.settings import SASL_MECHANISMS, SECURITY_PROTOCOLS, Secret, Settings
 
 
@@ -24,15 +25,18 @@ def kafka_options(fn: Callable) -> Callable:
     @click.option("--ssl-keyfile", type=click.Path(dir_okay=False), default=None)
     @click.option("--partitions", type=click.IntRange(min=1), default=None,
                   help="Partitions of the topics shopstream creates.")
+    @click.option("--partitioner", type=click.Choice(PARTITIONERS), default=None,
+                  help="How the shop's producers place a user's key: murmur2 (Java, aiokafka) or crc32 "
+                       "(librdkafka's default); shopstream keys its own messages the same way.")
     @click.option("--app-id", default=None, help="Consumer group and prefix of internal topics.")
     @functools.wraps(fn)
     def wrapper(*args: Any, broker, security_protocol, sasl_mechanism, sasl_username, sasl_password,
-                ssl_cafile, ssl_certfile, ssl_keyfile, partitions, app_id, **kwargs: Any):
+                ssl_cafile, ssl_certfile, ssl_keyfile, partitions, partitioner, app_id, **kwargs: Any):
         settings = Settings.from_env(
             broker=broker, security_protocol=security_protocol, sasl_mechanism=sasl_mechanism,
             sasl_username=sasl_username, sasl_password=Secret(sasl_password) if sasl_password else None,
             ssl_cafile=ssl_cafile, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
-            partitions=partitions, app_id=app_id)
+            partitions=partitions, partitioner=partitioner, app_id=app_id)
         return fn(*args, settings=settings, **kwargs)
 
     return wrapper

@@ -15,14 +15,18 @@ def state_key(settings: Settings, user_id: str) -> str:
     return pseudonym(str(settings.pseudonymise_key), user_id) if settings.pseudonymise_key else user_id
 
 
-async def forget(settings: Settings, user_id: str) -> tuple[str, int]:
-    """Erase ``user_id``'s session, whether or not workers are running. Returns (table key, partition).
+async def forget(settings: Settings, user_id: str) -> tuple[str, list[int]]:
+    """Erase ``user_id``'s session, whether or not workers are running.
 
-    Two messages: a ``forget`` control message on the events topic
-    (:func:`stream.clients.request_forget`), which the worker owning the user applies in order with
-    the user's events -- dropping the session from memory and writing the tombstone itself -- and
-    a tombstone (key, no value) written to the sessions changelog right away, so the session is
-    gone from the log even while no worker runs. Compaction then removes the old values.
+    Returns (table key, the changelog partitions that received a tombstone: all of them).
+
+    Broadcast, twice: a ``forget`` control message to every partition of the events topic
+    (:func:`stream.clients.request_forget`), which running workers apply in order with the user's
+    events, and a tombstone (key, no value) to every partition of the sessions changelog
+    (:func:`write_tombstone`), so the session is gone from the log even while no worker runs.
+    Neither needs to know which partitioner the storefront produced with: the session lives on
+    one of the partitions, and every one of them gets the erasure. Compaction then removes the
+    old values.
     """
     from stream.clients import request_forget
 
@@ -32,11 +36,17 @@ async def forget(settings: Settings, user_id: str) -> tuple[str, int]:
     return await write_tombstone(settings, user_id)
 
 
-async def write_tombstone(settings: Settings, user_id: str) -> tuple[str, int]:
-    """A tombstone for ``user_id``'s session in the sessions changelog, on the user's partition."""
+async def write_tombstone(settings: Settings, user_id: str) -> tuple[str, list[int]]:
+    """A tombstone for ``user_id``'s session on every partition of the sessions changelog.
+
+    The worker writes a session's changelog records to the partition its events arrived on,
+    which the storefront's partitioner chose (murmur2 or CRC32, see
+    :mod:`stream.core.partitioner`); a tombstone on every partition shadows the session wherever
+    it is, costs one small record per partition, and lets compaction drop the old values.
+    Returns (table key, partitions written).
+    """
     from aiokafka import AIOKafkaProducer
     from aiokafka.errors import KafkaError
-    from aiokafka.partitioner import DefaultPartitioner
 
     from stream.ops.topics import changelog_topic, ensure_topics
 
@@ -44,19 +54,16 @@ async def write_tombstone(settings: Settings, user_id: str) -> tuple[str, int]:
         raise ConfigError("the user id to forget must not be empty")
     topic = changelog_topic(settings)
     partitions = (await ensure_topics(settings))[topic]
-    key = state_key(settings, user_id)
-    # The table writes a user's changelog record to the partition of that user's events, which
-    # the storefront keyed by the *raw* user id (default murmur2 partitioner): the tombstone
-    # must land on that same partition to shadow the record there and let compaction drop it.
-    partition = DefaultPartitioner()(user_id.encode(), list(range(partitions)), list(range(partitions)))
+    key = state_key(settings, user_id).encode()
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all",
                                 **settings.kafka_client_options())
     try:
         await producer.start()
-        meta = await producer.send_and_wait(topic, None, key=key.encode(), partition=partition)
+        sent = [await producer.send(topic, None, key=key, partition=p) for p in range(partitions)]
+        written = sorted({(await fut).partition for fut in sent})
     except KafkaError as exc:
         raise BrokerError(f"could not write the tombstone to {settings.broker}: {exc}") from exc
     finally:
         await producer.stop()
-    log.info("forgot a session: tombstone in %s partition %d", meta.topic, meta.partition)
-    return key, meta.partition
+    log.info("forgot a session: tombstones in %s partitions %s", topic, written)
+    return key.decode(), written

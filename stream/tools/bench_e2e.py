@@ -70,6 +70,8 @@ async def _drive(settings: Settings, events, rate: float | None, progress: bool,
                  count_bad_on: str | None = "dead-letters") -> dict:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+    from stream.core.partitioner import aiokafka_partitioner
+
     valid = {v["event_id"] for _, v in events if isinstance(v, dict)}
     bad = sum(1 for _, v in events if not isinstance(v, dict))
     sent_at: dict[str, float] = {}
@@ -84,7 +86,8 @@ async def _drive(settings: Settings, events, rate: float | None, progress: bool,
     await consumer.start()
     await consumer.seek_to_end()
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=5,
-                                max_batch_size=262144, **settings.kafka_client_options())
+                                max_batch_size=262144, partitioner=aiokafka_partitioner(settings.partitioner),
+                                **settings.kafka_client_options())
     await producer.start()
     done = asyncio.Event()
     last_arrival = [0.0]

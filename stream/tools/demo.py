@@ -27,7 +27,8 @@ def start_worker_process(settings: Settings, log_path: Path, extra_env: dict | N
     """``shopstream worker`` as a child process in its own process group."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, SHOPSTREAM_BROKER=settings.broker, SHOPSTREAM_APP_ID=settings.app_id,
-               SHOPSTREAM_PARTITIONS=str(settings.partitions), SHOPSTREAM_WEB_PORT=str(settings.web_port),
+               SHOPSTREAM_PARTITIONS=str(settings.partitions), SHOPSTREAM_PARTITIONER=settings.partitioner,
+               SHOPSTREAM_WEB_PORT=str(settings.web_port),
                SHOPSTREAM_DATA_DIR=str(settings.data_dir), PYTHONUNBUFFERED="1", **(extra_env or {}))
     if settings.index_path:
         env["SHOPSTREAM_INDEX_PATH"] = str(settings.index_path)
@@ -93,6 +94,7 @@ async def run_demo(settings: Settings, *, rate: float, limit: int | None, bad_sh
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
     from index import load_snapshot
+    from stream.core.partitioner import aiokafka_partitioner
     from stream.live.services import load_text_encoder
     from stream.tools.replay_data import shopper_events
 
@@ -104,6 +106,7 @@ async def run_demo(settings: Settings, *, rate: float, limit: int | None, bad_sh
     run_id = uuid.uuid4().hex[:6]
 
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=5,
+                                partitioner=aiokafka_partitioner(settings.partitioner),
                                 **settings.kafka_client_options())
     consumer = AIOKafkaConsumer(settings.recommendations_topic, settings.dead_letter_topic,
                                 bootstrap_servers=settings.bootstrap_servers, fetch_max_wait_ms=settings.fetch_max_wait_ms, group_id=None,
