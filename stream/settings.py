@@ -40,6 +40,8 @@ class Settings:
     recommendations_topic: str = "recommendations"
     dead_letter_topic: str = "events-dead-letter"
     catalog_topic: str = "catalog"
+    models_topic: str = "models"             # compacted: session-encoder versions and their state (stream.ops.models)
+    feedback_topic: str = ""                 # online hits (a served product clicked, carted or bought); default <app_id>-feedback
     partitions: int = 4
     partitioner: str = "murmur2"             # how the shop's producers place keys: murmur2 (Java, aiokafka) | crc32 (librdkafka)
     replication_factor: int = 1
@@ -133,6 +135,10 @@ class Settings:
     @property
     def faust_broker(self) -> str:
         return ";".join(f"kafka://{s}" for s in self.bootstrap_servers)
+
+    @property
+    def resolved_feedback_topic(self) -> str:
+        return self.feedback_topic or f"{self.app_id}-feedback"
 
     @property
     def cpu_engine_dir(self) -> Path:

@@ -76,7 +76,8 @@ def settings_factory(broker, index_snapshot, tmp_path):
         uid = uuid.uuid4().hex[:8]
         base = dict(broker=broker, app_id=f"t{uid}", events_topic=f"events-{uid}",
                     recommendations_topic=f"recs-{uid}", dead_letter_topic=f"dlq-{uid}",
-                    catalog_topic=f"catalog-{uid}", partitions=2, index_path=index_snapshot,
+                    catalog_topic=f"catalog-{uid}", models_topic=f"models-{uid}",
+                    partitions=2, index_path=index_snapshot,
                     data_dir=tmp_path, web_port=free_port(), encoder_backend="torch",
                     batch_wait_ms=20)
         base.update(overrides)
@@ -97,6 +98,7 @@ def worker_factory(tmp_path):
                "SHOPSTREAM_RECOMMENDATIONS_TOPIC": settings.recommendations_topic,
                "SHOPSTREAM_DEAD_LETTER_TOPIC": settings.dead_letter_topic,
                "SHOPSTREAM_CATALOG_TOPIC": settings.catalog_topic,
+               "SHOPSTREAM_MODELS_TOPIC": settings.models_topic,
                "SHOPSTREAM_ENCODER_BACKEND": settings.encoder_backend,
                "SHOPSTREAM_BATCH_WAIT_MS": str(settings.batch_wait_ms),
                "SHOPSTREAM_BATCH_SIZE": str(settings.batch_size),

@@ -36,6 +36,8 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.dead_letter_topic, p),
         TopicSpec(settings.catalog_topic, 1, compacted=True),
         TopicSpec(changelog_topic(settings), p, compacted=True),
+        TopicSpec(settings.models_topic, 1, compacted=True),
+        TopicSpec(settings.resolved_feedback_topic, p),
     ]
 
 
