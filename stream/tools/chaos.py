@@ -13,7 +13,9 @@ One scenario, driven by the CI test (``tests/stream/live/test_chaos.py``) and by
 * a small fixed set of products is deleted and re-added through the catalog topic while events
   name them;
 * the test-only fault hook (``SHOPSTREAM_FAULT_EVENT_IDS``) makes the encoder raise for a few
-  chosen event ids.
+  chosen event ids;
+* a few shoppers' session values in the sessions changelog are overwritten with bytes that do not
+  parse; a worker that recovers one (after a kill) starts that session afresh.
 
 Then it waits until every message is accounted for, reading the recommendations and dead-letter
 topics from the start:
@@ -70,6 +72,7 @@ class ChaosPlan:
     churn_every_s: float = 2.0
     churn_event_share: float = 0.15    # share of product events that name a churned product
     fault_events: int = 3              # events the encoder fails on (the test-only hook)
+    corrupt_sessions: int = 3          # session values in the changelog overwritten with garbage
     users: int = 60
     seed: int = 0
     settle_timeout_s: float = 180.0    # after the last send, how long to wait for everything
@@ -103,6 +106,8 @@ class ChaosReport:
     restarts: int = 0
     pause_s: float = 0.0
     churn_updates: int = 0             # deletes and re-adds published
+    corrupt_sessions: int = 0          # garbage session values written to the changelog
+    corrupt_sessions_read: int = 0     # times a worker read one and started the session afresh (its logs)
     valid_reflected: int = 0
     valid_missing: list[dict] = field(default_factory=list)
     churn_reflected: int = 0
@@ -319,6 +324,35 @@ class ChaosRun:
             except Exception as exc:  # noqa: BLE001
                 log.warning("re-adding churned products failed: %s", exc)
 
+    async def corrupt_sessions(self, window: float) -> None:
+        """Overwrite a shopper's session in the changelog with garbage, ``plan.corrupt_sessions``
+        times, on the partition their events (and so their session) live on."""
+        from aiokafka import AIOKafkaProducer
+
+        from stream.ops.topics import changelog_topic
+
+        n = self.plan.corrupt_sessions
+        producer = AIOKafkaProducer(bootstrap_servers=self.settings.bootstrap_servers, acks="all",
+                                    request_timeout_ms=30_000, **self.settings.kafka_client_options())
+        await producer.start()
+        try:
+            t0 = time.monotonic()
+            for k in range(n):
+                at = t0 + window * (0.1 + 0.7 * (k + self.rng.random()) / n)
+                await asyncio.sleep(max(0.0, at - time.monotonic()))
+                shoppers = [m for m in self.sent if m.kind == "valid"]
+                if not shoppers:
+                    continue
+                m = self.rng.choice(shoppers)
+                try:
+                    await producer.send_and_wait(changelog_topic(self.settings), b"\x00not a session",
+                                                 key=m.key, partition=m.partition)
+                    self.report.corrupt_sessions += 1
+                except Exception as exc:  # noqa: BLE001 - the broker may be paused
+                    log.warning("writing a corrupt session failed: %s: %s", type(exc).__name__, exc)
+        finally:
+            await producer.stop()
+
     # -- input and output ---------------------------------------------------------------------
     async def produce(self, messages: list[Sent]) -> None:
         from aiokafka import AIOKafkaProducer
@@ -446,7 +480,8 @@ class ChaosRun:
         collector = asyncio.create_task(self.collect(stop))
         window = plan.events / plan.rate
         chaos = [asyncio.create_task(self.kills(window)), asyncio.create_task(self.pause_broker(window)),
-                 asyncio.create_task(self.churn(index.products, churn)) if churn else None]
+                 asyncio.create_task(self.churn(index.products, churn)) if churn else None,
+                 asyncio.create_task(self.corrupt_sessions(window)) if plan.corrupt_sessions else None]
         chaos = [t for t in chaos if t is not None]
         try:
             await self.produce(messages)
@@ -470,6 +505,8 @@ class ChaosRun:
             await asyncio.gather(collector, return_exceptions=True)
             self.stop_workers()
         self.evaluate()
+        r.corrupt_sessions_read = sum(Path(p).read_bytes().count(b" does not parse (")
+                                      for p in r.worker_logs if Path(p).exists())
         r.seconds = round(time.monotonic() - started, 1)
         return r
 
@@ -514,6 +551,7 @@ def render(r: dict) -> str:
                  f"churned products, {r['fault_events']} fault-hook, {r['malformed']} malformed ({kinds})"),
         ("chaos", f"{r['kills']} SIGKILLs ({r['kills_of_ready']} of processing workers), broker paused "
                   f"{r['pause_s']:g} s, {r['churn_updates']} catalogue deletes/re-adds, "
+                  f"{r['corrupt_sessions']} corrupt session values ({r['corrupt_sessions_read']} read by a worker), "
                   f"{r['send_retries']} producer retries"),
         ("valid", f"{r['valid_reflected']} reflected, {len(r['valid_missing'])} missing"),
         ("churned products", f"{r['churn_reflected']} reflected, {r['churn_dead_lettered']} dead-lettered "

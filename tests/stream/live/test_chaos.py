@@ -1,17 +1,21 @@
 """Chaos in CI: two workers killed again and again, the broker paused, the catalogue churning,
-malformed input and an encoder that fails for chosen events -- and nothing lost.
+malformed input, an encoder that fails for chosen events and session values in the changelog that
+do not parse -- and nothing lost.
 
 The scenario is :mod:`stream.tools.chaos` (``shopstream bench chaos`` runs a longer one). Bounded:
 about three minutes on a 2-core machine, most of it workers loading the model after each kill.
 """
 from __future__ import annotations
 
+import logging
 import os
 import signal
 
 import pytest
 
-from stream.tools.chaos import MALFORMED_KINDS, ChaosPlan, run_chaos
+from stream.tools.chaos import MALFORMED_KINDS, ChaosPlan, render, run_chaos
+
+log = logging.getLogger(__name__)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(480)]
 
@@ -25,6 +29,7 @@ def test_kills_pause_churn_and_malformed_input_lose_nothing(settings_factory, em
         report = run_chaos(settings, PLAN, broker_pid=embedded_broker.pid, log_dir=tmp_path / "chaos")
     finally:
         os.kill(embedded_broker.pid, signal.SIGCONT)     # the broker serves the whole session
+    log.info("chaos run:\n%s", render(report.to_dict()))
     logs = f"worker logs: {report.worker_logs}"
 
     # the chaos happened
@@ -35,6 +40,7 @@ def test_kills_pause_churn_and_malformed_input_lose_nothing(settings_factory, em
     assert report.malformed >= PLAN.events * PLAN.malformed_share * 0.9
     assert set(report.malformed_by_kind) == set(MALFORMED_KINDS)
     assert report.fault_events == 3
+    assert report.corrupt_sessions == 3
 
     # 0 valid events lost; every bad one dead-lettered with its reason
     assert not report.valid_missing, f"{len(report.valid_missing)} valid event(s) lost: {report.valid_missing[:20]}; {logs}"
