@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from stream.core.schema import EVENT_TYPES, FIELDS, ITEM_TYPES, MAX_ID, MAX_QUERY, MAX_RESULTS, EventValidator, schema_path
+from stream.core.schema import EVENT_TYPES, FIELDS, MAX_ID, MAX_QUERY, MAX_RESULTS, EventValidator, schema_path
 from stream.errors import InvalidEvent
 
 NOW_MS = 1_763_800_000_000            # 2025-11-22, the validator's clock here
@@ -34,7 +34,7 @@ BATCH = 20                            # drawn values per Hypothesis example
 #: Examples per property (FUZZ_EXAMPLES scales a local run). Hypothesis draws ~9,000 values here,
 #: and two properties derive more inputs from each drawn event without Hypothesis' overhead (every
 #: field dropped or given each value of WRONG; every prefix of its bytes): ~110,000 inputs in all.
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", 100))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))
 DERIVED_EVENTS = 4                    # drawn events per example that inputs are derived from
 WRONG = [None, True, False, 0, -1, 1.5, 2 ** 63 - 1, -(2 ** 63), 1e300, "", " ", "\u3000", "x" * (MAX_QUERY + 1),
          "view", [], ["a"], [1], {}, {"a": None}]
