@@ -77,6 +77,9 @@ class Settings:
     index_device: str = "auto"               # auto | cpu | cuda: where the worker searches (logged)
     index_watch_s: float = 5.0               # poll the snapshot path for a new version; 0: never
     catalog_batch_size: int = 256            # catalogue updates applied (and embedded) together
+    # An event naming a product the index does not hold yet (its catalogue record may still be on
+    # the way) is held and retried for this long before it is dead-lettered as unknown_product.
+    unknown_product_hold_s: float = 5.0
     # -- operations --------------------------------------------------------------------------------
     web_host: str = "127.0.0.1"
     web_port: int = 6066
@@ -117,6 +120,8 @@ class Settings:
             bad(f"index_device must be one of auto, cpu, cuda, got {self.index_device!r}")
         if self.index_watch_s < 0 or self.catalog_batch_size < 1:
             bad("index_watch_s must not be negative and catalog_batch_size must be at least 1")
+        if not self.unknown_product_hold_s >= 0:          # also refuses NaN
+            bad(f"unknown_product_hold_s must not be negative, got {self.unknown_product_hold_s}")
         if self.log_format not in ("text", "json"):
             bad(f"log_format must be text or json, got {self.log_format!r}")
         if not 0 < self.web_port < 65536:
