@@ -61,7 +61,6 @@ class Settings:
     recently_viewed_excluded: int = 5        # the last N viewed/clicked products are not recommended
     max_event_bytes: int = 16_384
     dead_letter_max_bytes: int = 65_536      # a dead letter's copy of the value is cut to this (headers say so)
-    unknown_product_hold_s: float = 5.0      # an event naming a product not in the catalogue yet waits this long
     fault_event_ids: str = ""                # TEST ONLY: comma-separated event ids the encoder "fails" on
     max_future_skew_s: float = 3600.0        # events later than now + this are rejected
     min_event_time: str = "2000-01-01T00:00:00+00:00"
@@ -106,8 +105,6 @@ class Settings:
                 bad(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.dead_letter_max_bytes < 1024:
             bad(f"dead_letter_max_bytes must be at least 1024, got {self.dead_letter_max_bytes}")
-        if self.unknown_product_hold_s < 0:
-            bad("unknown_product_hold_s must not be negative")
         if self.batch_wait_ms < 0:
             bad("batch_wait_ms must not be negative")
         if not 0.0 <= self.search_blend <= 1.0:
