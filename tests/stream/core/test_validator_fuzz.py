@@ -140,7 +140,8 @@ def iso_times(draw, lo: datetime = datetime(2000, 1, 1), hi: datetime = datetime
 valid_ts = st.one_of(
     st.integers(min_value=MIN_MS + 86_400_000, max_value=NOW_MS),
     st.sampled_from([MIN_MS + 86_400_000, NOW_MS, NOW_MS + SKEW_MS - 1000]),
-    iso_times(),
+    # a day inside each bound: an offset of up to +-23:59 must not carry the instant across one
+    iso_times(lo=datetime(2000, 1, 2), hi=datetime(2025, 11, 21, 8, 0)),
     st.sampled_from(["2000-01-02T00:00:00Z", "2025-11-22T08:26:00Z", "2025-11-22T08:26:00.123+01:00",
                      "2025-11-22T08:26:00"]),
 )
