@@ -58,6 +58,10 @@ class Settings:
     session_ttl_s: float = 1800.0            # a session expires after this much inactivity (event time)
     session_retention_s: float = 30 * 86400.0  # a session untouched this long (wall clock) is deleted
     session_sweep_interval_s: float = 300.0
+    store: str = "auto"                      # auto | rocksdb | memory: where sessions live (auto: RocksDB on disk)
+    table_standby_replicas: int = 1          # warm copies of each sessions partition on other workers
+    state_cache_mb: int = 64                 # RocksDB block cache of one worker, all partitions together
+    state_write_buffer_mb: int = 8           # RocksDB memtable of one partition (two are kept)
     recently_viewed_excluded: int = 5        # the last N viewed/clicked products are not recommended
     max_event_bytes: int = 16_384
     dead_letter_max_bytes: int = 65_536      # a dead letter's copy of the value is cut to this (headers say so)
@@ -119,6 +123,11 @@ class Settings:
             bad("index_watch_s must not be negative and catalog_batch_size must be at least 1")
         if not self.unknown_product_hold_s >= 0:          # also refuses NaN
             bad(f"unknown_product_hold_s must not be negative, got {self.unknown_product_hold_s}")
+        if self.store not in ("auto", "rocksdb", "memory"):
+            bad(f"store must be one of auto, rocksdb, memory, got {self.store!r}")
+        if self.table_standby_replicas < 0 or self.state_cache_mb < 1 or self.state_write_buffer_mb < 1:
+            bad("table_standby_replicas must not be negative; state_cache_mb and state_write_buffer_mb "
+                "must be at least 1")
         if self.log_format not in ("text", "json"):
             bad(f"log_format must be text or json, got {self.log_format!r}")
         if not 0 < self.web_port < 65536:

@@ -8,6 +8,7 @@ from stream.core.pipeline import Pipeline
 from stream.live.batches import LiveBatches
 from stream.live.catalog_sync import start_catalog_sync
 from stream.live.services import Services
+from stream.live.session_store import faust_store_options, session_table_options
 from stream.ops.topics import SESSIONS_TABLE
 from stream.settings import Settings
 
@@ -30,7 +31,6 @@ def faust_options(settings: Settings) -> dict[str, Any]:
     return dict(
         broker=settings.faust_broker,
         broker_credentials=broker_credentials(settings),
-        store="memory://",                      # state lives in the changelog; recovered at start
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
         topic_allow_declare=False,              # ensure_topics() made them, with their partition counts
@@ -53,6 +53,7 @@ def faust_options(settings: Settings) -> dict[str, Any]:
         value_serializer="raw",
         table_cleanup_interval=60.0,
         logging_config=None,
+        **faust_store_options(settings),        # RocksDB on disk by default; memory for tests
     )
 
 
@@ -67,7 +68,7 @@ def create_app(settings: Settings, services: Services) -> Any:
                partitions=settings.partitions)
     events = app.topic(settings.events_topic, **raw)
     table = app.Table(SESSIONS_TABLE, default=None, partitions=settings.partitions,
-                      key_type=bytes, value_type=bytes)
+                      key_type=bytes, value_type=bytes, **session_table_options(settings))
     sessions = SessionTable(table)
     pipeline = build_pipeline(settings, services)
     batches = LiveBatches(pipeline, app=app, sessions=sessions, events_topic=settings.events_topic,

@@ -109,38 +109,83 @@ class SessionTable:
     """The sessions table with every access naming its partition (quix-streams' way).
 
     Faust's ``Table.__setitem__`` sends the changelog record to the partition of the *current
-    event* (a contextvar), which a micro-batch spanning partitions cannot honestly set. Here a
-    write goes to the local store and, through the public ``Table.send_changelog(partition, ...)``,
-    to the changelog partition the caller names. The memory store keeps which partition each key
-    came from in ``Store._key_partition`` (it uses it to drop revoked keys after recovery); writes
-    keep it up to date so sweeps and revocations touch only the right partitions.
+    event* (a contextvar), which a micro-batch spanning partitions cannot honestly set; its
+    RocksDB store also *reads* from the current event's partition. Here a write goes to the local
+    store and, through the public ``Table.send_changelog(partition, ...)``, to the changelog
+    partition the caller names; the changelog's delivery callback records in the partition's
+    RocksDB database the offset it holds (what a restart resumes from).
+
+    Two stores (``stream.live.session_store`` picks one):
+
+    - RocksDB (``faust.stores.rocksdb.Store``): one database per partition, ``Store._dbs``,
+      opened by ``Store._db_for_partition``; ``Store._key_index`` is its key -> partition cache.
+      Reads run in the batch executor's thread (RocksDB reads are thread-safe); opening a database
+      is serialised by a lock, since Faust opens them from the event loop too.
+    - memory (``faust.stores.memory.Store``): ``Store.data`` and ``Store._key_partition``, which
+      Faust uses to drop revoked keys after recovery; writes keep it up to date so sweeps and
+      revocations touch only the right partitions.
     """
 
     def __init__(self, table: Any) -> None:
+        import threading
+
         self.table = table
+        self._opening = threading.Lock()
 
     @property
     def _store(self) -> Any:
         return self.table.data
 
+    @property
+    def on_disk(self) -> bool:
+        return hasattr(self._store, "_db_for_partition")
+
+    def _db(self, partition: int) -> Any:
+        store = self._store
+        db = store._dbs.get(partition)
+        if db is None:
+            with self._opening:
+                db = store._db_for_partition(partition)
+        return db
+
     def get(self, partition: int, key: bytes) -> bytes | None:
+        if self.on_disk:
+            return self._db(partition).get(key)
         return self._store.data.get(key)
 
     def set(self, partition: int, key: bytes, value: bytes) -> None:
         store = self._store
-        store.data[key] = value
-        store._key_partition[key] = partition
+        if self.on_disk:
+            self._db(partition).put(key, value)
+            store._key_index[key] = partition
+        else:
+            store.data[key] = value
+            store._key_partition[key] = partition
         self.table.send_changelog(partition, key, value)
 
     def delete(self, partition: int, key: bytes) -> None:
         store = self._store
-        store.data.pop(key, None)
-        store._key_partition.pop(key, None)
+        if self.on_disk:
+            self._db(partition).delete(key)
+            store._key_index.pop(key, None)
+        else:
+            store.data.pop(key, None)
+            store._key_partition.pop(key, None)
         self.table.send_changelog(partition, key, None)
 
     def items(self, partitions: set[int]) -> Iterator[tuple[int, bytes, bytes]]:
         """(partition, key, value) of the sessions held for ``partitions``."""
         store = self._store
+        if self.on_disk:
+            offset_key = store.offset_key           # the changelog offset, kept beside the sessions
+            for partition in sorted(partitions):
+                db = store._dbs.get(partition)      # only databases open here: nothing is created
+                if db is None:
+                    continue
+                for key, value in db.items():
+                    if key != offset_key:
+                        yield partition, key, value
+            return
         for key, partition in list(store._key_partition.items()):
             if partition in partitions:
                 value = store.data.get(key)
@@ -148,8 +193,20 @@ class SessionTable:
                     yield partition, key, value
 
     def release(self, partitions: set[int]) -> int:
-        """Drop the sessions of ``partitions`` (revoked: another worker owns them now) from memory."""
+        """Drop the sessions of ``partitions`` (revoked: another worker owns them now) from memory.
+
+        RocksDB: flush the partition's memtable to its files and let go of the database (it
+        closes when the last reader lets go too; its files stay, with their offset, for when the
+        partition comes back); returns 0. Memory: forget the keys; returns how many.
+        """
         store = self._store
+        if self.on_disk:
+            for partition in partitions:
+                db = store._dbs.pop(partition, None)
+                if db is not None:
+                    db.flush()
+                    log.info("closed the sessions database of partition %d", partition)
+            return 0
         gone = [k for k, p in store._key_partition.items() if p in partitions]
         for key in gone:
             store.data.pop(key, None)

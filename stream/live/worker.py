@@ -15,11 +15,13 @@ def run_worker(settings: Settings) -> None:
     from stream.live.app import create_app
     from stream.live.faust_compat import install_highwater_check
     from stream.live.services import load_services
+    from stream.live.session_store import check_state_dir
     from stream.ops.logs import worker_logging_config
     from stream.ops.prometheus import create_metrics
-    from stream.ops.topics import ensure_topics
+    from stream.ops.topics import changelog_topic, ensure_topics
 
     asyncio.run(ensure_topics(settings))
+    asyncio.run(check_state_dir(settings, changelog_topic(settings)))   # local state that fits the changelog
     install_highwater_check(settings)         # tables recover to the true end of their changelog
     services = load_services(settings, metrics=create_metrics())
     app = create_app(settings, services)
