@@ -75,6 +75,26 @@ def register(cli: click.Group) -> None:
         if not result.ok:
             raise SystemExit(1)
 
+    @bench.command("recovery")
+    @click.option("--sessions", type=click.IntRange(min=1), default=20_000, show_default=True)
+    @click.option("--store", "stores", multiple=True, type=click.Choice(["memory", "rocksdb"]),
+                  help="Only these stores (repeatable; default: both, side by side).")
+    @click.option("--partitions", type=click.IntRange(min=1), default=4, show_default=True)
+    @click.option("--worker-fill-max", type=click.IntRange(min=0), default=20_000, show_default=True,
+                  help="Fill through the worker up to this many sessions; beyond, write the changelog directly.")
+    @click.option("--broker", default=None, help="Kafka to use (default: start the embedded broker).")
+    @click.option("--json", "as_json", is_flag=True)
+    def recovery(sessions, stores, partitions, worker_fill_max, broker, as_json) -> None:
+        """Fill N sessions, restart the worker (SIGTERM, then SIGKILL): time to ready, changelog read, RSS."""
+        from stream.tools.bench_recovery import STORES, render, run_recovery_bench
+        from stream.tools.processes import terminate_on_sigterm
+
+        terminate_on_sigterm()
+        result = run_recovery_bench(sessions=sessions, stores=tuple(stores) or STORES, partitions=partitions,
+                                    worker_fill_max=worker_fill_max, broker=broker,
+                                    progress=(lambda line: None) if as_json else click.echo)
+        emit(result, as_json, lambda r: click.echo(render(r)))
+
     @bench.command("encoder")
     @click.option("--backend", "backends", multiple=True,
                   help="Only these backends (repeatable; default: every one this machine runs).")
