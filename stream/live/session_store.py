@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 
 MB = 1024 * 1024
 MIN_PARTITION_CACHE = 8 * MB
-OFFSET_KEY = b"__faust\0offset__"         # faust.stores.rocksdb.Store.offset_key
 _claimed: dict[Path, tuple[Path, Any]] = {}   # state root -> (claimed dir, open lock file), per process
 
 
@@ -209,10 +208,11 @@ async def check_state_dir(settings: Settings, changelog: str) -> list[int]:
 
 def _stored_offset(path: Path) -> int | None:
     import rocksdict
+    from faust.stores.rocksdb import Store
 
     db = rocksdict.Rdict(str(path), options=rocksdict.Options(raw_mode=True))
     try:
-        raw = db.get(OFFSET_KEY)
+        raw = db.get(Store.offset_key)          # where faust keeps the changelog offset it holds
         return int(raw) if raw is not None else None
     finally:
         db.close()

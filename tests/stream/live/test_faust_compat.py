@@ -45,6 +45,17 @@ def test_memory_store_reach():
         "faust's memory store no longer tracks the partition of each key"
 
 
+def test_rocksdb_store_reach():
+    from faust.stores import rocksdb
+
+    assert rocksdb.USE_ROCKSDICT, "rocksdict is not installed: faust's RocksDB store has no driver"
+    for name in ("_db_for_partition", "offset_key", "partition_path", "set_persisted_offset", "revoke_partitions"):
+        assert hasattr(rocksdb.Store, name), f"faust's RocksDB store has no {name}"
+    src = inspect.getsource(rocksdb.Store)
+    assert "self._dbs" in src and "self._key_index" in src, "faust's RocksDB store changed its partition databases"
+    assert rocksdb.Store.offset_key == b"__faust\0offset__", "faust stores the changelog offset elsewhere"
+
+
 def test_send_changelog_takes_a_partition():
     from faust.tables.base import Collection
 

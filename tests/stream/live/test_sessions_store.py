@@ -75,19 +75,6 @@ def test_the_default_store_is_rocksdb_on_disk(settings_factory):
     assert store_kind(settings.replace(store="memory")) == "memory"
 
 
-def test_faust_internals_the_session_table_relies_on():
-    """Fails loudly when the pinned faust-streaming changes what SessionTable reaches into."""
-    import faust
-    from faust.stores import memory, rocksdb
-
-    assert faust.__version__ == "0.15.3"
-    for name in ("_db_for_partition", "offset_key", "partition_path", "set_persisted_offset"):
-        assert hasattr(rocksdb.Store, name), name
-    assert rocksdb.Store.offset_key == b"__faust\0offset__"
-    assert "_key_partition" in memory.Store.__post_init__.__code__.co_names
-    assert rocksdb.USE_ROCKSDICT, "rocksdict is the RocksDB driver"
-
-
 @pytest.mark.slow
 def test_restart_uses_state_on_disk_and_replays_only_the_changelog_tail(settings_factory, worker_factory,
                                                                         index_snapshot, catalog_products):
