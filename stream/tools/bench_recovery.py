@@ -137,8 +137,7 @@ async def _write_changelog(settings: Settings, n: int, pids: list[str], run_id: 
     """``n`` session states straight into the changelog, on the partition of each key."""
     import orjson
     from aiokafka import AIOKafkaProducer
-    from aiokafka.partitioner import murmur2
-
+    from stream.core.partitioner import partition_for
     from stream.ops.topics import changelog_topic
 
     topic = changelog_topic(settings)
@@ -153,7 +152,7 @@ async def _write_changelog(settings: Settings, n: int, pids: list[str], run_id: 
         for i in range(n):
             user = f"r{run_id}-{i}"
             key = user.encode()
-            p = (murmur2(key) & 0x7FFFFFFF) % settings.partitions
+            p = partition_for(settings.partitioner, key, settings.partitions)
             pending.append(await producer.send(topic, orjson.dumps(_session(user, p, pids, i, now)),
                                                key=key, partition=p))
             if len(pending) >= 20000:
@@ -171,8 +170,11 @@ async def _fill_through_worker(settings: Settings, n: int, pids: list[str], run_
     import orjson
     from aiokafka import AIOKafkaProducer
 
+    from stream.core.partitioner import aiokafka_partitioner
+
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=5,
-                                max_batch_size=1 << 18, **settings.kafka_client_options())
+                                max_batch_size=1 << 18, partitioner=aiokafka_partitioner(settings.partitioner),
+                                **settings.kafka_client_options())
     await producer.start()
     t0 = time.monotonic()
     try:
