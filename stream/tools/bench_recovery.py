@@ -257,7 +257,7 @@ def bench_store(base: Settings, store: str, n: int, *, worker_fill_max: int, pid
 
 def run_recovery_bench(*, sessions: int, stores: tuple[str, ...] = STORES, partitions: int = 4,
                        worker_fill_max: int = 20_000, broker: str | None = None,
-                       data_dir: Path | None = None, ready_timeout: float = 900.0,
+                       data_dir: Path | None = None, ready_timeout: float | None = None,
                        progress=lambda line: None) -> dict[str, Any]:
     from index import load_snapshot
     from stream.tools.bench_e2e import _machine
@@ -265,6 +265,7 @@ def run_recovery_bench(*, sessions: int, stores: tuple[str, ...] = STORES, parti
     from stream.tools.broker import EmbeddedBroker
 
     data_dir = data_dir or Path("var")
+    ready_timeout = ready_timeout or max(900.0, sessions / 400)   # a full replay of the changelog
     embedded = None
     try:
         if broker is None:
