@@ -22,6 +22,9 @@ from torch.nn import functional as F
 GAP_PAD, GAP_UNKNOWN, GAP_FIRST, GAP_BASE = 0, 1, 2, 3
 N_GAPS = 32
 N_KINDS = 6      # padding + the five event types of engines.session.EVENT_TYPES
+#: Attention bias of a masked key: exp() of it is exactly 0 in fp32, and it stays finite in fp16
+#: (-1e9 becomes -inf there, and a row with every key masked, a padding row, would turn to NaN).
+MASKED = -1e4
 
 
 def gap_codes(times: np.ndarray) -> np.ndarray:
@@ -129,7 +132,7 @@ class SessionTransformer(nn.Module):
         x = self.drop(self.ln_in(x))
         causal = torch.ones(n, n, dtype=torch.bool, device=vectors.device).tril()
         allowed = causal[None, :, :] & ~pad[:, None, :]
-        bias = torch.where(allowed, 0.0, -1e9).to(x.dtype)[:, None, :, :]
+        bias = torch.where(allowed, 0.0, MASKED).to(x.dtype)[:, None, :, :]
         for block in self.blocks:
             x = block(x, bias)
         # skip from each event's own vector: at initialisation (``out`` is zero) the embedding is the
