@@ -150,6 +150,7 @@ class TrainedSessionEncoder:
         self.name = f"session-transformer-{backend}" + ("" if precision == "fp32" else f"-{precision}")
         self.dim = 0
         self.model_version = ""
+        self.items_version = ""
         self.max_len = 0
         self.item_space = "text"
         self.manifest: dict = {}
@@ -166,6 +167,9 @@ class TrainedSessionEncoder:
         # map them to what training saw (a purchase-only log without clock serves live views)
         self.kinds_seen = list(m.get("kinds_seen") or [])
         self.uses_time = bool(m.get("uses_time", False))
+        # the item tower always runs in fp32: the index's product space is named by the weights alone,
+        # whatever precision the user tower serves in
+        self.items_version = m["model_version"]
         self.model_version = m["model_version"] + ("" if self.precision == "fp32" else f"-{self.precision}")
         if self.threads:
             import torch

@@ -78,7 +78,7 @@ def settings_factory(broker, index_snapshot, tmp_path):
                     recommendations_topic=f"recs-{uid}", dead_letter_topic=f"dlq-{uid}",
                     catalog_topic=f"catalog-{uid}", partitions=2, index_path=index_snapshot,
                     data_dir=tmp_path, web_port=free_port(), encoder_backend="torch",
-                    batch_wait_ms=20)
+                    batch_wait_ms=20, session_encoder="pooling")   # index_snapshot is in text space
         base.update(overrides)
         return Settings(**base)
 

@@ -171,7 +171,8 @@ def run_e2e_bench(*, n_events: int, rate: float | None, users: int = 0, bad_shar
             "SHOPSTREAM_DEAD_LETTER_TOPIC": settings.dead_letter_topic})
         wait_ready(settings.web_port, worker, timeout=120)
         result = asyncio.run(_drive(settings, events, rate, progress))
-        result.update(machine=_machine(), encoder_artifact=str(settings.encoder_artifact or ""), partitions=partitions, index_products=len(index),
+        result.update(machine=_machine(), encoder_artifact=str(settings.encoder_artifact or ""),
+                      session_encoder=str(settings.session_encoder), partitions=partitions, index_products=len(index),
                       batch_size=settings.batch_size, batch_wait_ms=settings.batch_wait_ms,
                       broker="embedded tansu" if embedded else broker)
         return result

@@ -154,3 +154,15 @@ def test_torch_cuda_fp16_graphs_match_torch(artifact):
     assert np.abs(fp32 - ref).max() < 1e-3        # TF32 matmuls may be on
     s, now = sessions(300, seed=5)                 # more than the largest batch bucket: split
     assert np.abs(enc.embed(s, now) - embed_with(artifact, "torch")[0].embed(s, now)).max() < 2e-2
+
+
+def test_serving_forward_equals_the_training_encoder_at_the_newest_event(artifact):
+    import torch
+
+    from engines.session_model import load_torch_model
+    from learn.export import example_inputs
+
+    model = load_torch_model(artifact)
+    vecs, kinds, gaps = example_inputs(384, batch=6, length=9, seed=3)
+    with torch.no_grad():
+        assert torch.allclose(model(vecs, kinds, gaps), model.encode(vecs, kinds, gaps)[:, -1], atol=1e-6)
