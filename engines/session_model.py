@@ -1,6 +1,7 @@
 """The trained session encoder at serving time: load an artifact, embed sessions, map titles to
-product vectors. ``stream.live.services`` calls :func:`load_session_encoder` when
-``SHOPSTREAM_SESSION_ENCODER`` names an artifact; ``shopstream train`` writes artifacts.
+product vectors. ``stream.live.services`` calls :func:`load_session_encoder` for the artifact
+``SHOPSTREAM_SESSION_ENCODER`` names (by default the one shipped in ``stream/data``);
+``shopstream train`` writes artifacts. The backend runners live in ``engines/backends/session_*.py``.
 
 An artifact is a folder::
 
@@ -8,6 +9,7 @@ An artifact is a folder::
     weights.pt                  PyTorch state dict (the reference backend)
     session_encoder.onnx        the user tower (fp32); .fp16.onnx and .int8.onnx variants optional
     item_tower.onnx             text vector -> product vector (absent when there is no item tower)
+    item_ids.txt                with id vectors: the product id of each learned row
 
 Products keep text-derived vectors: with an item tower the index must be built from
 :func:`item_vectors` of the title vectors (``item_space`` in the manifest says so); without one the
