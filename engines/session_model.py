@@ -205,6 +205,11 @@ class TrainedSessionEncoder:
             self.runner.close()
         self.runner = None
 
+    @property
+    def has_id_vectors(self) -> bool:
+        """Whether products seen in training have a learned id vector next to their title's."""
+        return self._id_rows is not None
+
     # -- product space -----------------------------------------------------------------------
     def item_vectors(self, text_vectors: np.ndarray, batch_size: int = 8192,
                      item_ids: Sequence[str | None] | None = None) -> np.ndarray:
