@@ -1,6 +1,7 @@
 """The trained session encoder at serving time: load an artifact, embed sessions, map titles to
-product vectors. ``stream.live.services`` calls :func:`load_session_encoder` when
-``SHOPSTREAM_SESSION_ENCODER`` names an artifact; ``shopstream train`` writes artifacts.
+product vectors. ``stream.live.services`` calls :func:`load_session_encoder` for the artifact
+``SHOPSTREAM_SESSION_ENCODER`` names (by default the one shipped in ``stream/data``);
+``shopstream train`` writes artifacts. The backend runners live in ``engines/backends/session_*.py``.
 
 An artifact is a folder::
 
@@ -8,6 +9,7 @@ An artifact is a folder::
     weights.pt                  PyTorch state dict (the reference backend)
     session_encoder.onnx        the user tower (fp32); .fp16.onnx and .int8.onnx variants optional
     item_tower.onnx             text vector -> product vector (absent when there is no item tower)
+    item_ids.txt                with id vectors: the product id of each learned row
 
 Products keep text-derived vectors: with an item tower the index must be built from
 :func:`item_vectors` of the title vectors (``item_space`` in the manifest says so); without one the
@@ -34,7 +36,7 @@ WEIGHTS = "weights.pt"
 ONNX_FILES = {"fp32": "session_encoder.onnx", "fp16": "session_encoder.fp16.onnx",
               "int8": "session_encoder.int8.onnx"}
 ITEM_TOWER_ONNX = "item_tower.onnx"
-BACKENDS = ("torch", "onnxruntime")
+ITEM_IDS = "item_ids.txt"      # with id vectors: the product id of each learned row, one a line
 
 
 def read_manifest(folder: str | Path) -> dict:
@@ -52,7 +54,8 @@ def read_manifest(folder: str | Path) -> dict:
 
 
 def save_artifact(model, out_dir: str | Path, *, text_model_version: str, record: dict,
-                  kinds_seen: Sequence[str] = (), uses_time: bool = False) -> Path:
+                  kinds_seen: Sequence[str] = (), uses_time: bool = False,
+                  item_ids: Sequence[str] | None = None) -> Path:
     """Write ``weights.pt`` and ``manifest.json``; the model version hashes the weights.
 
     ``kinds_seen`` (most frequent first) and ``uses_time`` say what the training events had; at
@@ -68,6 +71,10 @@ def save_artifact(model, out_dir: str | Path, *, text_model_version: str, record
     torch.save(model.state_dict(), buf)
     raw = buf.getvalue()
     (out_dir / WEIGHTS).write_bytes(raw)
+    if model.cfg.item_ids:
+        if item_ids is None or len(item_ids) < model.cfg.item_ids:
+            raise ArtifactError(f"a model with {model.cfg.item_ids} id vectors needs that many product ids")
+        (out_dir / ITEM_IDS).write_text("".join(f"{pid}\n" for pid in item_ids[:model.cfg.item_ids]), encoding="utf-8")
     version = "session-tf-" + hashlib.sha256(raw).hexdigest()[:12]
     manifest = {"format": FORMAT, "kind": "session-encoder", "model_version": version,
                 "text_model_version": text_model_version, "dim": model.cfg.text_dim,
@@ -102,57 +109,126 @@ def load_torch_model(folder: str | Path):
     return model
 
 
+#: A lower precision serves only if it costs at most this share of fp32's validation NDCG@10 and
+#: Recall@10 (``ranking_check`` in the manifest, written by ``shopstream train``): the speed levers
+#: are priced by ranking, not by the cosine of the vectors.
+RANKING_TOLERANCE = 0.01
+
+
+def precision_allowed(manifest: dict, precision: str) -> tuple[bool, str]:
+    """Whether ``precision`` ranks as well as fp32 on the artifact's validation fold, and why."""
+    if precision == "fp32":
+        return True, "the reference precision"
+    check = manifest.get("ranking_check") or {}
+    ref, got = check.get("fp32"), check.get(precision)
+    if not ref or not got:
+        return False, f"no ranking check of {precision} in the manifest (shopstream train writes one)"
+    for metric in ("ndcg@10", "recall@10"):
+        if got[metric] < ref[metric] * (1.0 - RANKING_TOLERANCE):
+            return False, (f"{precision} {metric} {got[metric]:.4f} vs fp32 {ref[metric]:.4f} on the "
+                           f"{check.get('fold', 'valid')} fold: more than {RANKING_TOLERANCE:.0%} lower")
+    return True, (f"{precision} ranks within {RANKING_TOLERANCE:.0%} of fp32 on the {check.get('fold', 'valid')} "
+                  f"fold (NDCG@10 {got['ndcg@10']:.4f} vs {ref['ndcg@10']:.4f})")
+
+
 class TrainedSessionEncoder:
-    """:class:`engines.session.SessionEncoder` over a trained artifact, on PyTorch or onnxruntime.
+    """:class:`engines.session.SessionEncoder` over a trained artifact, on any session backend.
 
     ``embed`` takes sessions whose product rows are index vectors and whose search rows are text
-    vectors (what :class:`stream.core.recommender.Recommender` builds); search rows go through the item
-    tower first, like the titles did when the index was built.
+    vectors (what :class:`stream.core.recommender.Recommender` builds), packs the whole batch into
+    right-aligned arrays and makes **one** call of the backend's runner (``engines.backends.session_*``:
+    torch, onnxruntime, torch-cuda, tensorrt). Search rows go through the item tower first, like
+    the titles did when the index was built; the item tower runs on onnxruntime (or PyTorch) on the
+    CPU whatever the backend, since it runs per catalogue update, not per event.
     """
 
     def __init__(self, folder: str | Path, *, backend: str = "torch", precision: str = "fp32",
-                 threads: int | None = None) -> None:
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown session encoder backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
-        if precision not in ONNX_FILES or (backend == "torch" and precision != "fp32"):
-            raise ValueError(f"precision {precision!r} is not available on backend {backend!r}")
+                 threads: int | None = None, **options) -> None:
+        from engines.registry import SESSION_BACKENDS, session_backend_class
+
+        if backend not in SESSION_BACKENDS:
+            session_backend_class(backend)          # raises with the list of valid names
+        if precision not in ONNX_FILES:
+            raise ValueError(f"unknown precision {precision!r}; choose one of: {', '.join(ONNX_FILES)}")
         self.folder = Path(folder)
         self.backend = backend
         self.precision = precision
         self.threads = threads
+        self.options = options
         self.name = f"session-transformer-{backend}" + ("" if precision == "fp32" else f"-{precision}")
         self.dim = 0
         self.model_version = ""
+        self.items_version = ""
         self.max_len = 0
         self.item_space = "text"
+        self.manifest: dict = {}
+        self.runner = None
         self._torch = None
-        self._ort = None
         self._ort_items = None
+        self._id_rows = None
 
     def load(self) -> "TrainedSessionEncoder":
-        m = read_manifest(self.folder)
+        from engines.registry import session_backend_class
+
+        m = self.manifest = read_manifest(self.folder)
         self.dim, self.max_len, self.item_space = m["dim"], m["config"]["max_len"], m["item_space"]
         # events of a type, or times, that training never saw would meet untrained embeddings:
         # map them to what training saw (a purchase-only log without clock serves live views)
         self.kinds_seen = list(m.get("kinds_seen") or [])
         self.uses_time = bool(m.get("uses_time", False))
+        # the item tower always runs in fp32: the index's product space is named by the weights alone,
+        # whatever precision the user tower serves in
+        self.items_version = m["model_version"]
         self.model_version = m["model_version"] + ("" if self.precision == "fp32" else f"-{self.precision}")
         if self.threads:
             import torch
 
             torch.set_num_threads(self.threads)
-        self._torch = load_torch_model(self.folder)     # item tower on torch for index builds
-        if self.backend == "onnxruntime":
-            self._ort = _ort_session(self.folder / ONNX_FILES[self.precision], self.threads)
-            if self.item_space == "item-tower":
+        self._torch = load_torch_model(self.folder)     # the reference, and the item tower without ONNX
+        self._id_rows = None
+        if m["config"].get("item_ids"):
+            ids = (self.folder / ITEM_IDS).read_text(encoding="utf-8").splitlines()
+            self._id_rows = {pid: i for i, pid in enumerate(ids)}
+        if self.item_space == "item-tower" and (self.folder / ITEM_TOWER_ONNX).is_file():
+            try:
                 self._ort_items = _ort_session(self.folder / ITEM_TOWER_ONNX, self.threads)
+            except MissingExtraError:
+                log.info("onnxruntime is not installed; the item tower runs on PyTorch")
+        runner = session_backend_class(self.backend)(self.folder, precision=self.precision, threads=self.threads,
+                                                     **self.options)
+        self.runner = runner.load(m, self._torch)
         log.info("session encoder %s %s (%s)", self.name, self.model_version, self.folder)
         return self
 
+    def close(self) -> None:
+        if self.runner is not None:
+            self.runner.close()
+        self.runner = None
+
+    @property
+    def has_id_vectors(self) -> bool:
+        """Whether products seen in training have a learned id vector next to their title's."""
+        return self._id_rows is not None
+
     # -- product space -----------------------------------------------------------------------
-    def item_vectors(self, text_vectors: np.ndarray, batch_size: int = 8192) -> np.ndarray:
-        """Index vectors of products (or queries) from their title (or query) text vectors."""
+    def item_vectors(self, text_vectors: np.ndarray, batch_size: int = 8192,
+                     item_ids: Sequence[str | None] | None = None) -> np.ndarray:
+        """Index vectors of products (or queries) from their title (or query) text vectors.
+
+        A model with id vectors adds each product's own where ``item_ids`` names one seen in
+        training; a product added later (or no ids given) gets its vector from its title alone."""
         text_vectors = np.ascontiguousarray(text_vectors, dtype=np.float32)
+        if self._id_rows is not None and item_ids is not None:
+            import torch
+
+            rows = np.array([self._id_rows.get(p, -1) if p is not None else -1 for p in item_ids], dtype=np.int64)
+            if len(rows) != len(text_vectors):
+                raise ValueError(f"{len(item_ids)} item ids for {len(text_vectors)} vectors")
+            with torch.inference_mode():
+                return self._torch.items(torch.from_numpy(text_vectors), torch.from_numpy(rows)).numpy()
+        if self.item_space != "item-tower":
+            norms = np.linalg.norm(text_vectors, axis=1, keepdims=True)
+            return (text_vectors / np.maximum(norms, 1e-12)).astype(np.float32)
         if self._ort_items is not None:
             return np.concatenate([self._ort_items.run(None, {"text": text_vectors[i:i + batch_size]})[0]
                                    for i in range(0, max(len(text_vectors), 1), batch_size)])
@@ -163,95 +239,91 @@ class TrainedSessionEncoder:
             return self._torch.items(torch.from_numpy(text_vectors)).numpy()
 
     # -- user embeddings ---------------------------------------------------------------------
-    def embed(self, sessions: Sequence[SessionSequence], now: Sequence[float]) -> np.ndarray:
-        from engines.session import KIND_CODES
-        from engines.session_network import pack
+    def pack(self, sessions: Sequence[SessionSequence]) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
+        """The live sessions' indices and their right-aligned ``(vectors, kinds, gaps)`` arrays.
 
-        self._require()
-        out = np.zeros((len(sessions), self.dim), dtype=np.float32)
+        Written straight into the batch arrays (no per-session copies, no gather): on the GPU the
+        packing on the host, not the model, is most of a worker batch's session-encoder time."""
+        from engines.session import KIND_CODES
+        from engines.session_network import gap_codes
+
         live = [i for i, s in enumerate(sessions) if len(s)]
         if not live:
-            return out
+            return live, np.zeros((0, 1, self.dim), np.float32), np.zeros((0, 1), np.int64), np.zeros((0, 1), np.int64)
         fallback = self.kinds_seen[0] if self.kinds_seen else "view"
         known = set(self.kinds_seen) if self.kinds_seen else set(KIND_CODES)
-        rows, kinds, times = [], [], []
-        for i in live:
+        codes = {k: KIND_CODES[k if k in known else fallback] for k in KIND_CODES}
+        other = KIND_CODES[fallback]
+        n = min(self.max_len, max(len(sessions[i]) for i in live))
+        vecs = np.zeros((len(live), n, self.dim), dtype=np.float32)
+        kinds = np.zeros((len(live), n), dtype=np.int64)
+        gaps = np.zeros((len(live), n), dtype=np.int64)
+        search_rows, search_cols = [], []
+        for b, i in enumerate(live):
             s = sessions[i]
-            is_search = np.array([x == "search" for x in s.kinds], dtype=bool)[-self.max_len:]
-            k = np.array([KIND_CODES[x if x in known else fallback] for x in s.kinds], dtype=np.int64)
-            v = np.asarray(s.vectors, dtype=np.float32)[-self.max_len:]
-            k, t = k[-self.max_len:], np.asarray(s.timestamps, dtype=np.float64)[-self.max_len - 1:]
-            if not self.uses_time:
-                t = np.full(len(t), np.nan)
-            if self.item_space == "item-tower" and np.any(is_search):
-                v = v.copy()
-                v[is_search] = self.item_vectors(v[is_search])
-            rows.append(v)
-            kinds.append(k)
-            times.append(t)
-        # pack wants token ids: number the rows, pack, then gather the vectors
-        offsets = np.cumsum([0] + [len(v) for v in rows])
-        flat = np.concatenate(rows)
-        # times keep one event more than the vectors, so the oldest kept event knows its gap
-        tok, kin, gap = pack([np.arange(offsets[j], offsets[j + 1]) for j in range(len(rows))], kinds,
-                             times, self.max_len)
-        vecs = np.where((tok >= 0)[..., None], flat[np.maximum(tok, 0)], 0.0).astype(np.float32)
-        out[live] = self._run(vecs, kin, gap)
+            m = min(len(s), n)
+            vecs[b, n - m:] = s.vectors[-m:]
+            names = list(s.kinds)[-m:]
+            kinds[b, n - m:] = [codes.get(x, other) for x in names]
+            # times keep one event more than the vectors, so the oldest kept event knows its gap
+            t = np.asarray(s.timestamps, dtype=np.float64)[-m - 1:]
+            gaps[b, n - m:] = gap_codes(t if self.uses_time else np.full(len(t), np.nan))[-m:]
+            for j, x in enumerate(names):
+                if x == "search":
+                    search_rows.append(b)
+                    search_cols.append(n - m + j)
+        if search_rows and self.item_space == "item-tower":
+            # every query of the batch through the item tower at once, as titles were for the index
+            vecs[search_rows, search_cols] = self.item_vectors(vecs[search_rows, search_cols])
+        return live, vecs, kinds, gaps
+
+    def embed(self, sessions: Sequence[SessionSequence], now: Sequence[float]) -> np.ndarray:
+        self._require()
+        out = np.zeros((len(sessions), self.dim), dtype=np.float32)
+        live, vecs, kin, gap = self.pack(sessions)
+        if live:
+            out[live] = self.runner.run(vecs, kin, gap)      # one call for the whole worker batch
         return out
 
-    def _run(self, vecs: np.ndarray, kinds: np.ndarray, gaps: np.ndarray) -> np.ndarray:
-        if self._ort is not None:
-            return self._ort.run(None, {"vectors": vecs, "kinds": kinds, "gaps": gaps})[0].astype(np.float32)
-        import torch
-
-        with torch.inference_mode():
-            return self._torch(torch.from_numpy(vecs), torch.from_numpy(kinds), torch.from_numpy(gaps)).numpy()
-
     def _require(self) -> None:
-        if self._torch is None:
+        if self._torch is None or self.runner is None:
             raise RuntimeError("call load() before using the session encoder")
 
 
 def _ort_session(path: Path, threads: int | None):
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:
-        raise MissingExtraError("onnxruntime", "onnx", exc) from exc
+    from engines.backends.onnxruntime_cpu import make_session
+
     if not path.is_file():
-        raise ArtifactError(f"{path}: no such ONNX file; run `shopstream train export` on the artifact")
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        raise ArtifactError(f"{path}: no such ONNX file; run `shopstream train` (with --export) on the artifact")
+    return make_session(path, threads)
 
 
-def load_session_encoder(path: str | Path, backend: str = "auto", *, threads: int | None = None) -> TrainedSessionEncoder:
+def load_session_encoder(path: str | Path, backend: str = "auto", *, precision: str = "auto",
+                         threads: int | None = None, **options) -> TrainedSessionEncoder:
     """Load a trained session encoder.
 
     ``path`` is an artifact folder, or one of its ``.onnx`` files to pick a precision
-    (``session_encoder.int8.onnx``). ``auto`` runs onnxruntime when the artifact has an fp32 ONNX
-    graph and onnxruntime is installed, PyTorch otherwise; the choice is logged.
+    (``session_encoder.int8.onnx``, on onnxruntime). ``auto`` backend and precision follow
+    :func:`engines.select.choose_session_backend` (the choice, and each backend skipped, is logged):
+    tensorrt, torch-cuda, onnxruntime, torch; fp16 on a GPU and int8 on onnxruntime only when the
+    artifact's ranking check says they rank as well as fp32 (:func:`precision_allowed`).
     """
     path = Path(path)
-    precision = "fp32"
     if path.suffix == ".onnx":
         by_file = {f: p for p, f in ONNX_FILES.items()}
         if path.name not in by_file:
             raise ArtifactError(f"{path}: not one of the session encoder graphs ({', '.join(ONNX_FILES.values())})")
         precision, path, backend = by_file[path.name], path.parent, "onnxruntime"
-    if backend == "auto":
-        backend = "torch"
-        if (path / ONNX_FILES["fp32"]).is_file():
-            try:
-                import onnxruntime  # noqa: F401
-                backend = "onnxruntime"
-            except ImportError:
-                log.info("onnxruntime is not installed; the session encoder runs on PyTorch")
-        log.info("session encoder backend: %s", backend)
-    return TrainedSessionEncoder(path, backend=backend, precision=precision, threads=threads).load()
+    if backend == "auto" or precision == "auto":
+        from engines.select import choose_session_backend
+
+        choice = choose_session_backend(path, backend=backend, precision=precision)
+        log.info("%s", choice.describe())
+        backend, precision = choice.backend, choice.precision
+    return TrainedSessionEncoder(path, backend=backend, precision=precision, threads=threads, **options).load()
 
 
 def item_vectors(path: str | Path, text_vectors: np.ndarray) -> np.ndarray:
     """Product vectors for the index from title vectors: what ``shopstream index build`` stores
     when the worker runs this session encoder (the identity, renormalised, without an item tower)."""
-    return load_session_encoder(path, backend="torch").item_vectors(text_vectors)
+    return load_session_encoder(path, backend="torch", precision="fp32").item_vectors(text_vectors)

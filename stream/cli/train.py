@@ -86,6 +86,9 @@ def register(cli: click.Group) -> None:
                   help="With --negatives inbatch: per target, products with the nearest titles.")
     @click.option("--item-tower/--no-item-tower", default=True, show_default=True,
                   help="Learn product vectors from title vectors (the index is built with them).")
+    @click.option("--id-embeddings/--no-id-embeddings", default=False, show_default=True,
+                  help="Also learn a vector per training product, added to its title's (new products: title alone).")
+    @click.option("--weight-decay", type=float, default=0.0, show_default=True)
     @click.option("--seed", type=int, default=0, show_default=True)
     @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
     @click.option("--device", default="cpu", show_default=True, help="torch device: cpu or cuda.")
@@ -96,14 +99,14 @@ def register(cli: click.Group) -> None:
     @click.option("--init", "init", type=click.Path(path_type=Path), default=None,
                   help="Continue from this artifact's weights (same architecture).")
     def train_cmd(data, out, epochs, patience, batch_size, lr, lr_schedule, d_model, layers, heads, dropout, max_len,
-                  negatives, hard_negatives, item_tower, seed, threads, device, max_minutes, export,
-                  encoder_backend, init) -> None:
+                  negatives, hard_negatives, item_tower, id_embeddings, weight_decay, seed, threads, device,
+                  max_minutes, export, encoder_backend, init) -> None:
         """Train the session encoder on next-product prediction (contrastive, early stopping)."""
         from stream.settings import Settings
 
         settings = Settings.from_env(encoder_backend=encoder_backend)
         _train(data, settings, out, export=export, d_model=d_model, layers=layers, heads=heads, dropout=dropout,
-               max_len=max_len, item_tower=item_tower, lr=lr, lr_schedule=lr_schedule, batch_size=batch_size, epochs=epochs,
+               max_len=max_len, item_tower=item_tower, id_embeddings=id_embeddings, weight_decay=weight_decay, lr=lr, lr_schedule=lr_schedule, batch_size=batch_size, epochs=epochs,
                patience=patience, negatives=negatives, hard_negatives=hard_negatives, seed=seed,
                threads=threads, device=device, max_minutes=max_minutes, init=init)
 
@@ -158,13 +161,23 @@ def _train(data, settings, out: Path, *, export: bool, init: Path | None = None,
     record = {"trained_on": s, "continued_from": str(init) if init else None, "train_config": config_dict(cfg), "history": result.history,
               "best_epoch": result.best_epoch, "valid": result.best_valid, "train_seconds": round(result.seconds, 1)}
     save_artifact(result.model, out, text_model_version=text_version, record=record,
-                  kinds_seen=data.kinds_seen(), uses_time=data.has_clock())
+                  kinds_seen=data.kinds_seen(), uses_time=data.has_clock(), item_ids=data.item_ids)
     if export:
         from learn.export import export_session_encoder
 
         par = export_session_encoder(out)
         click.echo("ONNX parity against PyTorch: " + ", ".join(
             f"{p} max|diff| {v['max_abs_diff']:.1e}" for p, v in par.items()))
+        from engines.session_model import precision_allowed, read_manifest
+        from learn.export import ranking_check
+
+        check = ranking_check(out, data, vecs, threads=cfg.threads)
+        click.echo("ranking check, validation fold: " + ", ".join(
+            f"{p} NDCG@10 {check[p]['ndcg@10']:.4f} Recall@10 {check[p]['recall@10']:.4f}"
+            for p in ("fp32", "fp16", "int8") if p in check))
+        manifest = read_manifest(out)
+        for p in ("fp16", "int8"):
+            click.echo(f"  {p}: " + precision_allowed(manifest, p)[1])
     report = run_evaluation(data, vecs, models=[out], threads=cfg.threads, progress=False)
     click.echo(table(report))
     click.echo(f"artifact: {out} ({time.perf_counter() - t0:.0f}s)")
