@@ -56,9 +56,13 @@ class CatalogSync:
         if not updates:
             return 0
         t0 = time.perf_counter()
-        done = apply_updates(self.services.index.current, updates, self.services.products.encode)
-        for u in done:
-            self.applied[u.product_id] = u
+        with self.services.catalog_lock:       # every variant's index, in its own product space
+            spaces = self.services.product_spaces()
+            done = apply_updates(self.services.index.current, updates, self.services.products.encode)
+            for holder, products in spaces[1:]:
+                apply_updates(holder.current, updates, products.encode)
+            for u in done:
+                self.applied[u.product_id] = u
         index = self.services.index.current
         self.services.metrics.set_index(index.version, len(index))
         log.info("applied %d catalogue update(s) to index %s in %.0f ms", len(done), index.version,
