@@ -80,8 +80,13 @@ async def _read_models(settings: Settings) -> list[tuple[bytes | None, bytes | N
         ends = await consumer.end_offsets(tps)
         pos = {tp: 0 for tp in tps}
         deadline = time.monotonic() + 20
-        while any(pos[tp] < ends[tp] for tp in tps) and time.monotonic() < deadline:
-            for tp, msgs in (await consumer.getmany(timeout_ms=300)).items():
+        idle_since = time.monotonic()
+        while time.monotonic() < deadline and (any(pos[tp] < ends[tp] for tp in tps)
+                                               or time.monotonic() - idle_since < 1.0):
+            batch = await consumer.getmany(timeout_ms=300)
+            if batch:
+                idle_since = time.monotonic()
+            for tp, msgs in batch.items():
                 for m in msgs:
                     pos[tp] = m.offset + 1
                     out.append((m.key, m.value))

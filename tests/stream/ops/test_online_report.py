@@ -57,3 +57,29 @@ def test_plot(tmp_path):
     served, hits = synthetic(1000, {"control": 0.1, "candidate": 0.2})
     out = plot(summarize(served, hits, windows=5), tmp_path / "online.png")
     assert out.stat().st_size > 1000
+
+
+def test_report_command_reads_a_deployments_topics(settings_factory, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import orjson
+
+    from tests.conftest import run
+    from tests.kafka_io import produce_raw
+
+    settings = settings_factory()
+    served, hits = synthetic(600, {"control": 0.05, "candidate": 0.3})
+    run(produce_raw(settings, [(r["recommendation_id"].encode(), orjson.dumps(r)) for r in served],
+                    topic=settings.recommendations_topic))
+    run(produce_raw(settings, [(b"u", orjson.dumps(h)) for h in hits], topic=settings.resolved_feedback_topic))
+    env = {**os.environ, "SHOPSTREAM_RECOMMENDATIONS_TOPIC": settings.recommendations_topic}
+    out = subprocess.run([sys.executable, "-m", "stream", "report", "online", "--broker", settings.broker,
+                          "--app-id", settings.app_id, "--json", "--png", str(tmp_path / "o.png")],
+                         capture_output=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr.decode()[-2000:]
+    report = orjson.loads(out.stdout)
+    assert report["variants"]["control"]["served"] == 300
+    assert report["comparisons"]["candidate"]["verdict"] == "better"
+    assert (tmp_path / "o.png").exists()
