@@ -29,15 +29,41 @@ def _ts(value: Any) -> float:
     return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
 
 
+def shopper_bootstrap(per_user_a: list[tuple[int, int]], per_user_b: list[tuple[int, int]], *,
+                      rounds: int = 2000, alpha: float = 0.05, seed: int = 0) -> dict:
+    """Interval of (hit rate b - hit rate a) resampling *shoppers* with replacement.
+
+    A shopper's recommendations are not independent trials (the same person, the same visit); the
+    z-test treats them as if they were, this does not. ``per_user_*``: (hits, served) per shopper."""
+    import numpy as np
+
+    if not per_user_a or not per_user_b:
+        return {"diff": 0.0, "ci95": [0.0, 0.0], "significant": False, "shoppers": [len(per_user_a), len(per_user_b)]}
+    rng = np.random.default_rng(seed)
+    a, b = np.asarray(per_user_a, dtype=np.float64), np.asarray(per_user_b, dtype=np.float64)
+
+    def rates(x: np.ndarray) -> np.ndarray:
+        idx = rng.integers(0, len(x), size=(rounds, len(x)))
+        return x[idx, 0].sum(1) / np.maximum(x[idx, 1].sum(1), 1)
+
+    diffs = rates(b) - rates(a)
+    lo, hi = np.quantile(diffs, [alpha / 2, 1 - alpha / 2])
+    diff = b[:, 0].sum() / b[:, 1].sum() - a[:, 0].sum() / a[:, 1].sum()
+    return {"diff": round(float(diff), 6), "ci95": [round(float(lo), 6), round(float(hi), 6)],
+            "significant": bool(lo > 0 or hi < 0), "shoppers": [len(a), len(b)]}
+
+
 def summarize(served: Iterable[dict], hits: Iterable[dict], *, control: str | None = None,
               alpha: float = 0.05, min_served: int = 100, windows: int = 10) -> dict:
     """Hit rate @k per variant and per (variant, model), each variant against the control, and
     hit rates over ``windows`` equal time windows (for the plot). Pure: dicts in, a dict out."""
     recs: dict[str, tuple[str, str, float]] = {}
+    shopper: dict[str, str] = {}
     k = 0
     for r in served:
         recs[r["recommendation_id"]] = (r.get("variant", "default"), r["session_model_version"],
                                         _ts(r["produced_at"]))
+        shopper[r["recommendation_id"]] = r.get("user_id", r["recommendation_id"])
         k = max(k, len(r.get("items", ())))
     hit_type: dict[str, str] = {}
     for h in hits:
@@ -57,11 +83,19 @@ def summarize(served: Iterable[dict], hits: Iterable[dict], *, control: str | No
     if control is None:
         control = next((c for c in ("control", "default") if c in per_variant), variants[0] if variants else None)
     rates = {v: HitRate(*per_variant[v]) for v in variants}
+    per_user: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
+    for rid, (variant, _, _) in recs.items():
+        cell = per_user[variant][shopper[rid]]
+        cell[0] += rid in hit_type
+        cell[1] += 1
     comparisons = {}
     if control in rates:
         for v in variants:
             if v != control:
                 comparisons[v] = compare(rates[control], rates[v], alpha, min_served).to_dict()
+                comparisons[v]["shopper_bootstrap"] = shopper_bootstrap(
+                    list(map(tuple, per_user[control].values())), list(map(tuple, per_user[v].values())),
+                    alpha=alpha)
     timeline: list[dict] = []
     if recs and windows:
         t0 = min(t for _, _, t in recs.values())
@@ -104,6 +138,11 @@ def render(report: dict) -> str:
         sig = "significant" if c["verdict"] != "inconclusive" else "not significant"
         lines.append(f"{v} vs {report['control']}: lift {c['lift']:+.1%}, z {c['z']:.2f}, p {c['p_value']:.4g} "
                      f"-> {c['verdict']} ({sig} at alpha {c['alpha']})")
+        b = c.get("shopper_bootstrap")
+        if b:
+            lines.append(f"{'':<{len(v)}}    resampling shoppers ({b['shoppers'][0]} and {b['shoppers'][1]}): difference "
+                         f"{b['diff']:+.4f}, 95% [{b['ci95'][0]:+.4f}, {b['ci95'][1]:+.4f}] -> "
+                         f"{'significant' if b['significant'] else 'not significant'}")
     if not report["models"]:
         lines.append("(nothing served yet)")
     return "\n".join(lines)

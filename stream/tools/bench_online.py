@@ -11,6 +11,7 @@ on the models topic is shown.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 import uuid
@@ -54,6 +55,8 @@ def run_learn_once(settings: Settings) -> dict:
         return {"available": False, "note": "shopstream learn is not available in this build"}
     try:
         result = learn_once(settings)
+        if inspect.isawaitable(result):
+            result = asyncio.run(result)
     except Exception as exc:  # noqa: BLE001 - reported, the A/B figures stand on their own
         return {"available": True, "error": f"{type(exc).__name__}: {exc}"}
     from stream.ops.models import latest

@@ -15,7 +15,7 @@ def synthetic(n, rates, seed=3):
         variant = "control" if i % 2 else "candidate"
         model = {"control": "pooling-384", "candidate": "session-tf-1"}[variant]
         rid = f"r{i}"
-        served.append({"recommendation_id": rid, "variant": variant, "session_model_version": model,
+        served.append({"recommendation_id": rid, "variant": variant, "user_id": f"u{i % 400}", "session_model_version": model,
                        "produced_at": f"2026-11-23T10:{i * 60 // n:02d}:00.000Z",
                        "items": [{"product_id": "p", "score": 0.1}] * 10})
         if rng.random() < rates[variant]:
@@ -42,11 +42,14 @@ def test_better_candidate_is_significant_and_counted_once_per_recommendation():
     assert {w["window"] for w in report["timeline"]} == {0, 1, 2, 3}
     text = render(report)
     assert "candidate vs control" in text and "better (significant" in text
+    boot = c["shopper_bootstrap"]
+    assert boot["significant"] and boot["ci95"][0] > 0 and boot["shoppers"] == [200, 200]
 
 
 def test_equal_variants_are_inconclusive():
     served, hits = synthetic(2000, {"control": 0.1, "candidate": 0.1})
-    assert summarize(served, hits)["comparisons"]["candidate"]["verdict"] == "inconclusive"
+    same = summarize(served, hits)["comparisons"]["candidate"]
+    assert same["verdict"] == "inconclusive" and not same["shopper_bootstrap"]["significant"]
     assert "nothing served" in render(summarize([], []))
 
 
