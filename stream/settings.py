@@ -61,7 +61,6 @@ class Settings:
     recently_viewed_excluded: int = 5        # the last N viewed/clicked products are not recommended
     max_event_bytes: int = 16_384
     dead_letter_max_bytes: int = 65_536      # a dead letter's copy of the value is cut to this (headers say so)
-    unknown_product_hold_s: float = 5.0      # an event naming a product not in the catalogue yet waits this long
     fault_event_ids: str = ""                # TEST ONLY: comma-separated event ids the encoder "fails" on
     max_future_skew_s: float = 3600.0        # events later than now + this are rejected
     min_event_time: str = "2000-01-01T00:00:00+00:00"
@@ -77,6 +76,9 @@ class Settings:
     index_device: str = "auto"               # auto | cpu | cuda: where the worker searches (logged)
     index_watch_s: float = 5.0               # poll the snapshot path for a new version; 0: never
     catalog_batch_size: int = 256            # catalogue updates applied (and embedded) together
+    # An event naming a product the index does not hold yet (its catalogue record may still be on
+    # the way) is held and retried for this long before it is dead-lettered as unknown_product.
+    unknown_product_hold_s: float = 5.0
     # -- online feedback and A/B variants ----------------------------------------------------------
     variants: str = ""                       # name=model[@index]:weight,... ; "" = follow the models topic
     variant_key: Secret = Secret("")         # key of the shopper -> variant hash; default the app id
@@ -109,8 +111,6 @@ class Settings:
                 bad(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.dead_letter_max_bytes < 1024:
             bad(f"dead_letter_max_bytes must be at least 1024, got {self.dead_letter_max_bytes}")
-        if self.unknown_product_hold_s < 0:
-            bad("unknown_product_hold_s must not be negative")
         if self.batch_wait_ms < 0:
             bad("batch_wait_ms must not be negative")
         if not 0.0 <= self.search_blend <= 1.0:
@@ -123,6 +123,8 @@ class Settings:
             bad(f"index_device must be one of auto, cpu, cuda, got {self.index_device!r}")
         if self.index_watch_s < 0 or self.catalog_batch_size < 1:
             bad("index_watch_s must not be negative and catalog_batch_size must be at least 1")
+        if not self.unknown_product_hold_s >= 0:          # also refuses NaN
+            bad(f"unknown_product_hold_s must not be negative, got {self.unknown_product_hold_s}")
         if self.log_format not in ("text", "json"):
             bad(f"log_format must be text or json, got {self.log_format!r}")
         if self.feedback_horizon_events < 1 or self.feedback_horizon_s <= 0:

@@ -29,14 +29,20 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def broker():
-    """The embedded tansu broker on a random port, for the whole test session."""
+def embedded_broker():
+    """The embedded tansu broker on a random port, for the whole test session (its process too)."""
     from stream.tools.broker import EmbeddedBroker
 
     b = EmbeddedBroker(log_file=REPO / "var" / "test-logs" / "broker.log")
     b.start()
-    yield b.bootstrap
+    yield b
     b.stop()
+
+
+@pytest.fixture(scope="session")
+def broker(embedded_broker):
+    """The embedded broker's bootstrap address."""
+    return embedded_broker.bootstrap
 
 
 @pytest.fixture(scope="session")

@@ -66,6 +66,37 @@ def register(cli: click.Group) -> None:
                                   broker=broker, progress=not as_json, png=png, learn=learn)
         emit(result, as_json, render)
 
+    @bench.command("chaos")
+    @click.option("--kills", type=click.IntRange(min=0), default=20, show_default=True,
+                  help="SIGKILLs of a worker at random moments, each followed by a restart.")
+    @click.option("--events", "n_events", type=click.IntRange(min=10), default=3000, show_default=True,
+                  help="Messages sent, malformed ones included.")
+    @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True)
+    @click.option("--rate", type=click.FloatRange(min=1), default=20.0, show_default=True,
+                  help="Offered messages per second.")
+    @click.option("--pause", "pause_s", type=click.FloatRange(min=0), default=10.0, show_default=True,
+                  help="Seconds the broker is paused (SIGSTOP) once.")
+    @click.option("--malformed-share", type=click.FloatRange(0, 0.5), default=0.10, show_default=True)
+    @click.option("--partitions", type=click.IntRange(min=1), default=4, show_default=True)
+    @click.option("--seed", type=int, default=0, show_default=True)
+    @click.option("--settle-timeout", type=click.FloatRange(min=10), default=300.0, show_default=True,
+                  help="Seconds to wait after the last send for every message to be accounted for.")
+    @click.option("--json", "as_json", is_flag=True)
+    def chaos(kills, n_events, workers, rate, pause_s, malformed_share, partitions, seed, settle_timeout,
+              as_json) -> None:
+        """Kills, a paused broker, catalogue churn, malformed input: count what is lost (nothing)."""
+        from stream.tools.chaos import ChaosPlan, render, run_chaos_bench
+        from stream.tools.processes import terminate_on_sigterm
+
+        terminate_on_sigterm()
+        plan = ChaosPlan(events=n_events, rate=rate, workers=workers, kills=kills, pause_s=pause_s,
+                         malformed_share=malformed_share, seed=seed, settle_timeout_s=settle_timeout)
+        result = run_chaos_bench(plan, partitions=partitions,
+                                 echo=(lambda s: click.echo(s, err=True)) if as_json else click.echo)
+        emit(result.to_dict(), as_json, lambda r: click.echo(render(r)))
+        if not result.ok:
+            raise SystemExit(1)
+
     @bench.command("encoder")
     @click.option("--backend", "backends", multiple=True,
                   help="Only these backends (repeatable; default: every one this machine runs).")

@@ -41,11 +41,31 @@ def parse_record(key: bytes | None, value: bytes | None, partition: int, offset:
     return CatalogUpdate(partition, offset, pid, product)
 
 
-def apply_updates(index: ItemIndex, updates: Sequence[CatalogUpdate], encode) -> list[CatalogUpdate]:
-    """Apply ``updates`` (in order; the last per product wins) to ``index``.
+@dataclass(frozen=True)
+class PreparedUpdates:
+    """Updates decided and embedded against ``index``, not yet applied to it.
+
+    The slow part of an update (embedding new titles) is done by :func:`prepare_updates`, outside
+    any lock; :func:`apply_prepared` only changes the index, quickly, and is what a caller holds
+    the live index's lock around. The two must see the same index with no other writer between
+    them: ``record_only`` relies on the products it found still being there.
+    """
+
+    index: ItemIndex
+    deletes: list[CatalogUpdate]
+    record_only: list[CatalogUpdate]       # same text: only the record changes; carry the kept vector
+    with_vector: list[CatalogUpdate]       # new or re-titled products, with their (new) vectors
+
+    @property
+    def updates(self) -> list[CatalogUpdate]:
+        return self.deletes + self.record_only + self.with_vector
+
+
+def prepare_updates(index: ItemIndex, updates: Sequence[CatalogUpdate], encode) -> PreparedUpdates:
+    """Decide what ``updates`` (in order; the last per product wins) do to ``index``, and embed.
 
     Products whose text changed (or that are new) are embedded with ``encode`` in one call; an
-    update that carries its vector is not embedded again. Returns the updates with their vectors.
+    update that carries its vector is not embedded again. ``index`` is only read.
     """
     last: dict[str, CatalogUpdate] = {}
     for u in updates:
@@ -66,14 +86,30 @@ def apply_updates(index: ItemIndex, updates: Sequence[CatalogUpdate], encode) ->
         vectors = np.asarray(encode([u.product.text for u in to_embed]), dtype=np.float32)
         with_vector += [CatalogUpdate(u.partition, u.offset, u.product_id, u.product, v)
                         for u, v in zip(to_embed, vectors)]
-    if deletes:
-        index.remove([u.product_id for u in deletes])
     if record_only:
         kept = index.vectors_of([u.product_id for u in record_only])
         record_only = [CatalogUpdate(u.partition, u.offset, u.product_id, u.product, v)
                        for u, v in zip(record_only, kept)]
-        for u in record_only:
-            index.update_product(u.product)
-    if with_vector:
-        index.upsert([u.product for u in with_vector], np.stack([u.vector for u in with_vector]))
-    return deletes + record_only + with_vector
+    return PreparedUpdates(index, deletes, record_only, with_vector)
+
+
+def apply_prepared(prepared: PreparedUpdates) -> list[CatalogUpdate]:
+    """Change the index the updates were prepared against; returns the updates with their vectors."""
+    index = prepared.index
+    if prepared.deletes:
+        index.remove([u.product_id for u in prepared.deletes])
+    for u in prepared.record_only:
+        index.update_product(u.product)
+    if prepared.with_vector:
+        index.upsert([u.product for u in prepared.with_vector],
+                     np.stack([u.vector for u in prepared.with_vector]))
+    return prepared.updates
+
+
+def apply_updates(index: ItemIndex, updates: Sequence[CatalogUpdate], encode) -> list[CatalogUpdate]:
+    """Prepare and apply ``updates`` to ``index`` in one go (an index no one else is reading).
+
+    The live worker prepares outside the index lock and applies inside it instead
+    (:class:`stream.live.catalog_sync.CatalogSync`).
+    """
+    return apply_prepared(prepare_updates(index, updates, encode))

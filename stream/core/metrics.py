@@ -32,6 +32,15 @@ class Metrics:
 
     def set_model(self, version: str) -> None: ...
 
+    def on_catalog_restart(self) -> None:
+        """Catalogue sync failed and is being restarted (with backoff)."""
+
+    def set_catalog_healthy(self, healthy: bool) -> None:
+        """Catalogue sync is running (True) or down, waiting to be restarted (False)."""
+
+    def set_catalog_synced(self, synced: bool) -> None:
+        """Catalogue sync has read the catalog topic to the end it had at start."""
+
     def watch_lag(self, source: Callable[[], Mapping[tuple[str, int], int]]) -> None:
         """Register where consumer lag per (topic, partition) is read from when scraped."""
 

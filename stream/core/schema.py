@@ -5,9 +5,10 @@ event; ``tests/stream/test_schema.py`` keeps it and the published schema file in
 """
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,6 +25,13 @@ MAX_ID = 128
 MAX_QUERY = 512
 MAX_RESULTS = 200
 
+#: Event time as text: an RFC 3339 date-time whose UTC offset may be left out (then it is UTC), the
+#: same pattern as ``ts`` in the schema file. Parsed here rather than by ``datetime.fromisoformat``,
+#: which accepts far more (dates alone, week dates, no separators) and differently by Python version.
+ISO_TS = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,6}))?"
+                    r"(Z|[+-][0-9]{2}:[0-9]{2})?")
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
 
 
@@ -74,14 +82,25 @@ def parse_ts(v: Any) -> float:
         raise InvalidEvent("wrong_type", "'ts' must be an ISO-8601 string or epoch milliseconds")
     if isinstance(v, int):
         return v / 1000.0
+    if isinstance(v, float) and v.is_integer():     # 1.7e12 is an integer to JSON Schema too
+        return v / 1000.0
     if isinstance(v, str):
+        m = ISO_TS.fullmatch(v)
+        if m is None:
+            raise InvalidEvent("bad_timestamp", f"'ts' {v[:40]!r} is not an ISO-8601 date-time")
+        year, month, day, hour, minute, second, frac, offset = m.groups()
         try:
-            dt = datetime.fromisoformat(v)
+            tz = timezone.utc
+            if offset and offset != "Z":
+                hours, minutes = int(offset[1:3]), int(offset[4:6])
+                if hours > 23 or minutes > 59:
+                    raise ValueError("UTC offset out of range")
+                tz = timezone((-1 if offset[0] == "-" else 1) * timedelta(hours=hours, minutes=minutes))
+            dt = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second),
+                          int((frac or "0").ljust(6, "0")), tzinfo=tz)
         except ValueError:
-            raise InvalidEvent("bad_timestamp", f"'ts' {v[:40]!r} is not ISO-8601") from None
-        if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=timezone.utc)
-        return dt.timestamp()
+            raise InvalidEvent("bad_timestamp", f"'ts' {v[:40]!r} is not a valid date-time") from None
+        return (dt - EPOCH).total_seconds()
     raise InvalidEvent("wrong_type", "'ts' must be an ISO-8601 string or epoch milliseconds")
 
 
@@ -125,7 +144,7 @@ class EventValidator:
         etype = obj.get("type")
         if etype is None:
             raise InvalidEvent("missing_field", "'type' is required")
-        if etype not in EVENT_TYPES:
+        if not isinstance(etype, str) or etype not in EVENT_TYPES:
             raise InvalidEvent("unknown_type", f"type {str(etype)[:40]!r} is not one of "
                                                f"{', '.join(sorted(EVENT_TYPES))}")
         event_id = _string(obj, "event_id", MAX_ID)
@@ -144,8 +163,8 @@ class EventValidator:
             if "item_id" in obj:
                 raise InvalidEvent("unexpected_field", "'item_id' is not allowed on search events")
             query = _string(obj, "query", MAX_QUERY)
-            raw_results = obj.get("results")
-            if raw_results is not None:
+            if "results" in obj:               # optional, but null is not a list
+                raw_results = obj["results"]
                 if not isinstance(raw_results, list):
                     raise InvalidEvent("wrong_type", "'results' must be a list of product ids")
                 if len(raw_results) > MAX_RESULTS:
@@ -161,8 +180,7 @@ class EventValidator:
             item_id = _string(obj, "item_id", MAX_ID)
             if self.known_product is not None and not self.known_product(item_id):
                 raise InvalidEvent("unknown_product", f"item_id {item_id[:40]!r} is not in the catalogue")
-        ctx = obj.get("context")
-        if ctx is not None and not isinstance(ctx, dict):
+        if "context" in obj and not isinstance(obj["context"], dict):    # optional, but null is not an object
             raise InvalidEvent("wrong_type", "'context' must be an object")
         return Event(event_id, etype, user_id, session_id, ts, item_id, query, results)
 

@@ -85,9 +85,7 @@ def create_app(settings: Settings, services: Services) -> Any:
     @app.agent(events, name="recommend")
     async def recommend(stream):  # noqa: ANN001 - faust injects the stream
         within = settings.batch_wait_ms / 1000.0 or 0.001
-        wait_caught_up = getattr(catalog, "wait_caught_up", None)
-        if wait_caught_up is not None:
-            await wait_caught_up()          # events are processed against the whole catalogue
+        await catalog.wait_caught_up()      # events are processed against the whole catalogue
         batches.stream = stream
         async for batch in stream.noack_take(settings.batch_size, within=within):
             await batches.handle(batch)
@@ -119,7 +117,7 @@ def create_app(settings: Settings, services: Services) -> Any:
             "recovery_done": recovery.completed.is_set() and not app.in_recovery,
             "not_rebalancing": not app.rebalancing,
             "catalog_synced": catalog.caught_up,
-            "catalog_healthy": getattr(catalog, "healthy", True),
+            "catalog_healthy": catalog.healthy,
         }
         return checks
 

@@ -15,6 +15,8 @@ For each micro-batch (``stream.noack_take``: Faust acks nothing by itself):
 
 Events naming a product the catalogue does not have yet are held (not acked) and offered again
 with the next batch, or by a timer when no batch comes, until ``unknown_product_hold_s`` passes.
+Events after a held one on its partition are processed but acked only once it is handled, so no
+commit passes it.
 A consumer therefore sees duplicates after a crash or a rebalance, never gaps.
 """
 from __future__ import annotations
@@ -59,6 +61,7 @@ class LiveBatches:
         self.feedback_topic = feedback_topic
         self.stream: Any = None                          # the agent's stream, for acks
         self.held: list[tuple[Message, Any]] = []       # (message, faust event), oldest first
+        self.unacked: dict[int, dict[int, Any]] = {}    # partition -> {offset: event} done, behind a held one
         self._lock = asyncio.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recommend")
 
@@ -105,7 +108,27 @@ class LiveBatches:
         self.held = [(m, events_of[(m.partition, m.offset)]) for m in result.held]
         for m in result.done:
             if m.partition in owned:
-                await self.stream.ack(events_of[(m.partition, m.offset)])
+                self.unacked.setdefault(m.partition, {})[m.offset] = events_of[(m.partition, m.offset)]
+        await self._ack_up_to_held()
+
+    async def _ack_up_to_held(self) -> None:
+        """Ack what is done, but on each partition only below its oldest held event.
+
+        Faust commits the longest run of acked offsets even when the one offset before it, or
+        everything before it while nothing was committed yet, is not acked (faust-streaming 0.15.3
+        ``Consumer._new_offset``); acking events after a held one would let the commit pass it,
+        and a crash or a rebalance before it is handled would then lose it.
+        """
+        floor: dict[int, int] = {}
+        for m, _ in self.held:
+            floor[m.partition] = min(floor.get(m.partition, m.offset), m.offset)
+        for partition in list(self.unacked):
+            waiting = self.unacked[partition]
+            below = floor.get(partition)
+            for offset in sorted(o for o in waiting if below is None or o < below):
+                await self.stream.ack(waiting.pop(offset))
+            if not waiting:
+                del self.unacked[partition]
 
     async def _process(self, messages: list[Message]) -> BatchResult:
         loop = asyncio.get_running_loop()
@@ -173,6 +196,8 @@ class LiveBatches:
     def release(self, partitions: set[int]) -> None:
         n = self.sessions.release(partitions)
         self.held = [(m, ev) for m, ev in self.held if m.partition not in partitions]
+        for p in partitions:              # the partitions' next owner processes these again
+            self.unacked.pop(p, None)
         if n:
             log.info("released %d session(s) of revoked partition(s) %s", n, sorted(partitions))
 

@@ -64,6 +64,13 @@ class PrometheusMetrics(Metrics):
         self.index_size = pc.Gauge("shopstream_index_products", "Products in the index in use.", registry=r)
         self.index_info = pc.Info("shopstream_index", "Version of the index in use.", registry=r)
         self.model_info = pc.Info("shopstream_model", "Version of the text encoder in use.", registry=r)
+        self.catalog_restarts = pc.Counter("shopstream_catalog_sync_restarts",
+                                           "Times catalogue sync failed and was restarted.", registry=r)
+        self.catalog_healthy = pc.Gauge("shopstream_catalog_sync_healthy",
+                                        "1 while catalogue sync runs, 0 while it waits to be restarted.",
+                                        registry=r)
+        self.catalog_synced = pc.Gauge("shopstream_catalog_sync_caught_up",
+                                       "1 once the catalog topic was read to its end at start.", registry=r)
         self._lag_source: LagSource | None = None
         r.register(_LagCollector(self))
 
@@ -102,6 +109,15 @@ class PrometheusMetrics(Metrics):
 
     def set_model(self, version: str) -> None:
         self.model_info.info({"version": str(version)})
+
+    def on_catalog_restart(self) -> None:
+        self.catalog_restarts.inc()
+
+    def set_catalog_healthy(self, healthy: bool) -> None:
+        self.catalog_healthy.set(1 if healthy else 0)
+
+    def set_catalog_synced(self, synced: bool) -> None:
+        self.catalog_synced.set(1 if synced else 0)
 
     def watch_lag(self, source: LagSource) -> None:
         self._lag_source = source

@@ -99,6 +99,11 @@ class EmbeddedBroker:
             self._log_fh = None
 
     @property
+    def pid(self) -> int | None:
+        """The broker's process id (the chaos scenario pauses it with SIGSTOP), None when stopped."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 

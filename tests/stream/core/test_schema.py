@@ -33,6 +33,9 @@ VALID = [
     ("schema_version", base(schema_version=1)),
     ("context", base(context={"page": "home", "device": "mobile"})),
     ("unicode", base(user_id="kund-ø-17850", session_id="séance")),
+    # found by test_validator_fuzz.py: JSON Schema's "integer" includes 1.0, so the schema accepted it
+    ("ts_integral_float", base(ts=float(NOW_MS))),
+    ("iso_ts_one_fraction_digit", base(ts="2025-11-22T08:26:00.5Z")),
 ]
 
 INVALID = [
@@ -62,7 +65,19 @@ INVALID = [
     ("bad_version", base(schema_version=2), "unsupported_version"),
     ("context_not_object", base(context="home"), "wrong_type"),
     ("unknown_product", base(item_id="NO-SUCH"), "unknown_product"),
+    # found by test_validator_fuzz.py
+    ("type_list", base(type=["view"]), "unknown_type"),          # raised TypeError (unhashable)
+    ("type_object", base(type={}), "unknown_type"),
+    ("context_null", base(context=None), "wrong_type"),          # was accepted
+    ("results_null", base(type="search", item_id=..., query="lamp", results=None), "wrong_type"),  # was accepted
+    ("ts_fraction_not_integer", base(ts=NOW_MS + 0.5), "wrong_type"),
 ]
+
+# Timestamps as text that Python's datetime.fromisoformat (3.11) reads but the schema's date-time
+# pattern does not: the validator accepted them (found by test_validator_fuzz.py).
+TS_TEXT_INVALID = ["2025-11-22", "2025-11-22T08", "2025-11-22 08:26:00", "20251122T082600Z", "2025-W47-6",
+                   "2025-11-22T08:26:00,5Z", "2025-11-22T08:26:00.1234567Z", "2025-11-22T08:26:00+0100",
+                   "2025-11-22T08:26:00z", "٢٠٢٥-١١-٢٢T08:26:00Z"]
 
 RAW_INVALID = [
     (b"", "not_json"),
@@ -102,6 +117,14 @@ def test_invalid_events_are_rejected_with_reason(name, event, reason, validator,
     assert exc.value.reason == reason
     if reason not in {"unknown_product", "bad_timestamp"}:  # catalogue and clock are not in the schema file
         assert list(json_schema.iter_errors(event)), f"schema file accepts {name}"
+
+
+@pytest.mark.parametrize("ts", TS_TEXT_INVALID)
+def test_timestamp_text_outside_the_schema_pattern_is_rejected(ts, validator, json_schema):
+    with pytest.raises(InvalidEvent) as exc:
+        validator.parse(orjson.dumps(base(ts=ts)))
+    assert exc.value.reason == "bad_timestamp"
+    assert list(json_schema.iter_errors(base(ts=ts))), f"schema file accepts ts {ts!r}"
 
 
 @pytest.mark.parametrize("raw,reason", RAW_INVALID)

@@ -2,15 +2,22 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import shutil
 import time
+import urllib.request
+from types import SimpleNamespace
 
+import numpy as np
 import orjson
 
-from index import Product, load_snapshot, save_snapshot
+from index import ItemIndex, Product, load_snapshot, save_snapshot
 from stream.clients import push_catalog
+from stream.core.metrics import Metrics
+from stream.core.recommender import IndexHolder
 from tests.conftest import run
-from tests.kafka_io import event, keyed
+from tests.kafka_io import event, keyed, produce_raw, read_topic
 
 SEEN_ITEM = 10            # the product every test shopper views (index into catalog_products)
 
@@ -203,3 +210,216 @@ def test_catalog_push_command_writes_products_and_tombstones(settings_factory, t
     msgs = run(read_topic(settings, settings.catalog_topic, until=lambda m: len(m) >= 3, timeout=30))
     assert [(m.key, m.value is None) for m in msgs] == [(b"A1", False), (b"A2", False), (b"OLD-9", True)]
     assert orjson.loads(msgs[1].value) == {"id": "A2", "title": "Green lamp", "in_stock": False}
+
+
+# -- catalogue sync as a table: bootstrap, supervision -------------------------------------------
+class HashEncoder:
+    """A stand-in text encoder: a fixed unit vector per text, no model to load."""
+
+    dim, model_version = 16, "hash-test"
+
+    def encode(self, texts):
+        out = []
+        for t in texts:
+            seed = int.from_bytes(hashlib.sha256(t.encode()).digest()[:8], "little")
+            v = np.random.default_rng(seed).normal(size=self.dim)
+            out.append(v / np.linalg.norm(v))
+        return np.asarray(out, dtype=np.float32)
+
+
+class CatalogMetrics(Metrics):
+    def __init__(self) -> None:
+        self.restarts, self.healthy, self.synced = 0, [], []
+
+    def on_catalog_restart(self) -> None:
+        self.restarts += 1
+
+    def set_catalog_healthy(self, healthy: bool) -> None:
+        self.healthy.append(healthy)
+
+    def set_catalog_synced(self, synced: bool) -> None:
+        self.synced.append(synced)
+
+
+def small_snapshot(path, catalog_offsets=None):
+    enc = HashEncoder()
+    index = ItemIndex(enc.dim, model_version=enc.model_version, version="small-v1")
+    base = [Product(f"base-{i}", f"base product {i}") for i in range(20)]
+    index.upsert(base, enc.encode([p.text for p in base]))
+    return save_snapshot(index, path, catalog_offsets=catalog_offsets)
+
+
+def catalog_sync(settings):
+    from stream.live.catalog_sync import CatalogSync
+
+    index = load_snapshot(settings.resolved_index_path)
+    services = SimpleNamespace(index=IndexHolder(index), products=HashEncoder(), metrics=CatalogMetrics())
+    sync = CatalogSync(settings, services)
+    sync.backoff_min_s = 0.1
+    return sync
+
+
+async def true_ends(settings, n_records: int) -> dict[str, int]:
+    """{partition: end offset} of the catalog topic once it holds ``n_records`` records."""
+    msgs = await read_topic(settings, settings.catalog_topic, until=lambda m: len(m) >= n_records, timeout=30)
+    assert len(msgs) == n_records
+    ends = {"0": 0}                                # the catalog topic has one partition
+    for m in msgs:
+        ends[str(m.partition)] = max(ends[str(m.partition)], m.offset + 1)
+    return ends
+
+
+async def until_true(check, timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout}s")
+        await asyncio.sleep(0.05)
+
+
+def test_catalog_sync_catches_up_on_an_empty_topic_and_on_a_snapshot_at_the_end(settings_factory, tmp_path):
+    empty = settings_factory(index_path=small_snapshot(tmp_path / "empty"), index_watch_s=0)
+    full = settings_factory(index_path=tmp_path / "full", index_watch_s=0)
+    products = [Product(f"P{i}", f"catalogue product {i}") for i in range(12)]
+
+    async def scenario():
+        from stream.ops.topics import ensure_topics
+
+        await ensure_topics(empty)
+        await push_catalog(full, products)
+        small_snapshot(full.index_path, catalog_offsets=await true_ends(full, len(products)))
+        for settings, applied in ((empty, 0), (full, 0)):
+            sync = catalog_sync(settings)
+            task = asyncio.create_task(sync.run())
+            try:
+                t0 = time.monotonic()
+                await asyncio.wait_for(sync.wait_caught_up(), 30)
+                print(f"bootstrap {settings.catalog_topic}: {time.monotonic() - t0:.2f}s (sync says {sync.bootstrap_s:.2f}s)")
+                assert sync.caught_up and sync.healthy and sync.restarts == 0
+                assert len(sync.applied) == applied
+                assert set(sync.positions) == {0}
+                assert sync.services.metrics.synced == [True] and sync.services.metrics.healthy == [True]
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+        # a snapshot from before the last updates: those are read (and only those) before caught_up
+        late = [Product("P3", "catalogue product 3, renamed"), Product("P99", "a product newer than the snapshot")]
+        await push_catalog(full, late)
+        sync = catalog_sync(full)
+        task = asyncio.create_task(sync.run())
+        try:
+            await asyncio.wait_for(sync.wait_caught_up(), 30)
+            assert set(sync.applied) == {"P3", "P99"} and "P99" in sync.services.index.current
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    run(scenario())
+
+
+def test_catalog_sync_restarts_after_a_failure_and_keeps_applying(settings_factory, tmp_path, monkeypatch):
+    settings = settings_factory(index_path=small_snapshot(tmp_path / "snap"), index_watch_s=0)
+    first = [Product(f"P{i}", f"catalogue product {i}") for i in range(6)]
+
+    async def scenario():
+        await push_catalog(settings, first)
+        sync = catalog_sync(settings)
+        original, calls = sync.apply_records, []
+
+        def flaky(records):
+            calls.append(len(records))
+            if len(calls) == 1:
+                raise RuntimeError("injected catalogue failure")
+            return original(records)
+
+        monkeypatch.setattr(sync, "apply_records", flaky)
+        task = asyncio.create_task(sync.run())
+        try:
+            await asyncio.wait_for(sync.wait_caught_up(), 30)
+            index = sync.services.index.current
+            assert sync.restarts == 1 and sync.healthy
+            assert "injected catalogue failure" in sync.last_error
+            assert all(p.id in index for p in first)              # the failed batch was read again
+            metrics = sync.services.metrics
+            assert metrics.restarts == 1 and metrics.healthy[:3] == [True, False, True]
+
+            await push_catalog(settings, [Product("P-late", "a product after the restart")], ["P0"])
+            await until_true(lambda: "P-late" in index and "P0" not in index, what="updates after the restart")
+            assert sync.restarts == 1 and sync.healthy
+            assert sum(sync.positions.values()) == len(first) + 2
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    run(scenario())
+
+
+def _ready(port: int) -> dict:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return json.loads(exc.read())
+
+
+def test_worker_with_a_snapshot_at_the_catalog_end_turns_ready(settings_factory, worker_factory, catalog_products,
+                                                               index_snapshot, tmp_path):
+    live = tmp_path / "index" / "current"
+    settings = settings_factory(index_path=live)
+    covered = catalog_products[:5]                 # already in the snapshot
+
+    async def prepare():
+        await push_catalog(settings, covered)
+        return await true_ends(settings, len(covered))
+
+    ends = run(prepare())
+    save_snapshot(load_snapshot(index_snapshot), live, catalog_offsets=ends)
+    proc = worker_factory(settings)               # waits for /ready 200
+    ready = _ready(settings.web_port)
+    assert ready["ready"] is True and ready["catalog_synced"] is True
+    logged = [ln for ln in proc.log_path.read_text().splitlines() if "catalogue sync caught up in" in ln]
+    assert logged, "bootstrap time not logged"
+    print(logged[0])
+
+
+def test_a_product_newer_than_the_snapshot_is_known_before_the_first_batch(settings_factory, worker_factory,
+                                                                            catalog_products):
+    """The catalogue topic holds a product the snapshot lacks when the worker starts; events naming
+    it, produced at once, get recommendations and are never dead-lettered as unknown_product."""
+    settings = settings_factory()
+    seen = catalog_products[SEEN_ITEM]
+    fresh = Product("NEW-before-start", seen.title + " deluxe", category=seen.category, brand=seen.brand)
+    run(push_catalog(settings, [fresh]))
+    worker_factory(settings, wait=False)
+    events = [event(i, f"early-{i}", "view", item=fresh.id) for i in range(8)]
+    run(produce_raw(settings, [keyed(e) for e in events]))
+    wanted = {e["event_id"] for e in events}
+    answered, dead = run(outcome(settings, wanted, timeout=120))
+    assert not dead, f"dead-lettered: {dead}"
+    assert answered == wanted
+
+
+async def outcome(settings, wanted: set, timeout: float) -> tuple[set, list[bytes]]:
+    """Which of the ``wanted`` events got a recommendation, and the dead letters, read until every
+    one got a recommendation, one is dead-lettered or the timeout."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(settings.recommendations_topic, settings.dead_letter_topic, group_id=None,
+                                bootstrap_servers=settings.bootstrap_servers, auto_offset_reset="earliest",
+                                fetch_max_wait_ms=settings.fetch_max_wait_ms)
+    await consumer.start()
+    answered: set = set()
+    dead: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while answered != wanted and not dead and time.monotonic() < deadline:
+            for tp, msgs in (await consumer.getmany(timeout_ms=200)).items():
+                for m in msgs:
+                    if tp.topic == settings.dead_letter_topic:
+                        dead.append(m.value[:200])
+                    else:
+                        answered |= set(orjson.loads(m.value)["event_ids"]) & wanted
+    finally:
+        await consumer.stop()
+    return answered, dead

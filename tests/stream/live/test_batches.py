@@ -1,0 +1,107 @@
+"""The live driver's acks: never past an event that is held, on any partition.
+
+Found by the chaos test: an event naming a product deleted at that moment is held (not acked)
+while later events of its partition were acked; Faust committed past the held one, and the worker
+was killed before the hold ran out -- the partition's next owner started after it and the event
+was neither reflected nor dead-lettered.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from types import SimpleNamespace
+
+from stream.core.pipeline import BatchResult
+from stream.live.batches import LiveBatches
+
+TOPIC = "events"
+
+
+class FakePipeline:
+    """Holds messages whose value is b"hold" until ``release_holds``; everything else is done."""
+
+    def __init__(self) -> None:
+        self.metrics = SimpleNamespace()
+        self.holding = True
+
+    def process(self, messages, read_state):
+        out = BatchResult()
+        for m in messages:
+            (out.held if self.holding and m.value == b"hold" else out.done).append(m)
+        return out
+
+
+class FakeStream:
+    def __init__(self) -> None:
+        self.acked: list[tuple[int, int]] = []
+
+    async def ack(self, event) -> None:
+        self.acked.append((event.message.partition, event.message.offset))
+
+
+def _event(partition: int, offset: int, value: bytes = b"{}"):
+    return SimpleNamespace(message=SimpleNamespace(key=b"u", value=value, topic=TOPIC, partition=partition,
+                                                   offset=offset, headers=()))
+
+
+def _batches(pipeline) -> LiveBatches:
+    from faust.types import TP
+
+    consumer = SimpleNamespace(assignment=lambda: {TP(TOPIC, 0), TP(TOPIC, 1)})
+    app = SimpleNamespace(rebalancing=False, rebalancing_count=0, consumer=consumer, producer=None)
+    sessions = SimpleNamespace(get=lambda p, k: None, release=lambda parts: 0)
+    b = LiveBatches(pipeline, app=app, sessions=sessions, events_topic=TOPIC, recommendations_topic="recs",
+                    dead_letter_topic="dlq", dead_letter_max_bytes=65536)
+    b.stream = FakeStream()
+
+    async def publish(result) -> None:
+        return None
+
+    b._publish = publish
+    return b
+
+
+def test_events_after_a_held_one_are_acked_only_once_it_is_handled():
+    pipeline = FakePipeline()
+    b = _batches(pipeline)
+
+    async def scenario():
+        await b.handle([_event(0, 4), _event(0, 5, b"hold"), _event(0, 6), _event(0, 7), _event(1, 3)])
+        assert b.stream.acked == [(0, 4), (1, 3)]          # 6 and 7 are done, but wait behind 5
+        await b.handle([_event(1, 4), _event(0, 8)])
+        assert b.stream.acked == [(0, 4), (1, 3), (1, 4)]
+        pipeline.holding = False                           # the product arrived (or the hold ran out)
+        await b.retry_held()
+        assert b.stream.acked == [(0, 4), (1, 3), (1, 4), (0, 5), (0, 6), (0, 7), (0, 8)]
+        assert not b.unacked and not b.held
+
+    asyncio.run(scenario())
+    b.close()
+
+
+def test_a_revoked_partition_drops_what_waits_behind_its_held_event():
+    b = _batches(FakePipeline())
+
+    async def scenario():
+        await b.handle([_event(0, 5, b"hold"), _event(0, 6), _event(1, 1)])
+        b.release({0})                                     # the next owner processes 5 and 6 again
+        assert not b.held and not b.unacked
+        assert b.stream.acked == [(1, 1)]
+
+    asyncio.run(scenario())
+    b.close()
+
+
+def test_faust_still_commits_past_a_single_unacked_offset():
+    """Why the driver never acks past a held event. If this fails, faust-streaming's
+    ``Consumer._new_offset`` changed: check whether ``LiveBatches._ack_up_to_held`` is still needed."""
+    from faust.transport.consumer import Consumer
+    from faust.types import TP
+    from intervaltree import IntervalTree
+
+    tp = TP(TOPIC, 0)
+    for committed in (None, 5):                  # offset 5 not acked, 6..8 acked
+        consumer = SimpleNamespace(_acked={tp: [6, 7, 8]}, _acked_index={tp: {6, 7, 8}},
+                                   _gap=defaultdict(IntervalTree),
+                                   _committed_offset=defaultdict(lambda: None, {tp: committed}))
+        assert Consumer._new_offset(consumer, tp) == 9
