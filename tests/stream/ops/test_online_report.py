@@ -86,3 +86,15 @@ def test_report_command_reads_a_deployments_topics(settings_factory, tmp_path):
     assert report["variants"]["control"]["served"] == 300
     assert report["comparisons"]["candidate"]["verdict"] == "better"
     assert (tmp_path / "o.png").exists()
+
+
+def test_prometheus_exports_served_and_hits_per_variant_and_model():
+    pytest.importorskip("prometheus_client")
+    from stream.ops.prometheus import PrometheusMetrics
+
+    m = PrometheusMetrics()
+    m.on_served("candidate", "session-tf-1", 3)
+    m.on_hit("candidate", "session-tf-1", "click")
+    body = m.exposition()[0].decode()
+    assert 'shopstream_served_total{model="session-tf-1",variant="candidate"} 3.0' in body
+    assert 'shopstream_hits_total{event_type="click",model="session-tf-1",variant="candidate"} 1.0' in body
