@@ -33,6 +33,7 @@ snapshot that is refused (corrupt, other dimension or model) is logged and the l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -92,8 +93,10 @@ class CatalogSync:
         if not updates:
             return 0
         t0 = time.perf_counter()
-        with self.services.catalog_lock:       # the live index, then every variant's in its own space
-            spaces = self.services.product_spaces()
+        services = self.services
+        lock = getattr(services, "catalog_lock", None) or contextlib.nullcontext()
+        with lock:                             # the live index, then every variant's in its own space
+            spaces = services.product_spaces() if hasattr(services, "product_spaces") else []
             done = self._apply_to(self.services.index, updates, self.services.products.encode)
             for holder, products in spaces[1:]:
                 self._apply_to(holder, updates, products.encode)

@@ -105,8 +105,7 @@ def catalog_sync(encoder: TableEncoder, products: list[Product]):
     index = ItemIndex(DIM, model_version=encoder.model_version, version="live")
     index.upsert(products, encoder.encode([p.text for p in products]))
     holder = IndexHolder(index)
-    services = SimpleNamespace(index=holder, products=encoder, metrics=Metrics(), catalog_lock=threading.Lock(),
-                               product_spaces=lambda: [(holder, encoder)])     # one variant: the live index
+    services = SimpleNamespace(index=holder, products=encoder, metrics=Metrics())
     return CatalogSync(Settings(), services), holder
 
 
