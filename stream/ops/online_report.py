@@ -122,8 +122,9 @@ def summarize(served: Iterable[dict], hits: Iterable[dict], *, control: str | No
 
 def render(report: dict) -> str:
     k = report["k"]
-    lines = [f"{'variant':<12} {'session model':<28} {'served':>8} {'hits':>7} {f'hit rate@{k}':>12} "
-             f"{'95% interval':>17}  hits by event type"]
+    header = (f"{'variant':<12} {'session model':<28} {'served':>8} {'hits':>7} {f'hit rate@{k}':>12} "
+              f"{'95% interval':>17}  hits by event type")
+    lines = [header]
     for m in report["models"]:
         lo, hi = m["ci95"]
         types = ", ".join(f"{t} {n}" for t, n in m["hits_by_event_type"].items()) or "-"

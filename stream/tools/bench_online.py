@@ -25,7 +25,12 @@ log = logging.getLogger(__name__)
 def ensure_variant_index(settings: Settings, model: str, echo=log.info) -> Path:
     """The index of ``model``'s product space, built once (an explicit build step, as for the
     worker's own index): ``<data_dir>/index/items-<model version>``."""
-    from stream.live.services import ProductEncoder, load_session_model, load_text_encoder, variant_index_path
+    from stream.live.services import (
+        ProductEncoder,
+        load_session_model,
+        load_text_encoder,
+        variant_index_path,
+    )
     from stream.tools.bootstrap import build_default_index
 
     text = load_text_encoder(settings)

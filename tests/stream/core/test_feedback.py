@@ -9,6 +9,7 @@ from stream.core.schema import Event
 from stream.core.session_state import FeedbackHorizon, SessionLimits
 
 LIMITS = SessionLimits()
+HORIZON = FeedbackHorizon(events=5, seconds=600)
 
 
 def ev(n, etype="view", item="A", ts=None):
@@ -21,7 +22,7 @@ def served(state, rec_id, products, variant="candidate", model="session-tf-1"):
     ss.remember(state, rec, state["last"])
 
 
-def fold_all(state, events, horizon=FeedbackHorizon(events=5, seconds=600)):
+def fold_all(state, events, horizon=HORIZON):
     hits = []
     for e in events:
         hits += ss.credit(state, e, horizon)

@@ -125,6 +125,6 @@ def test_announced_model_hot_swapped_with_its_index_while_events_stream(settings
     run(produce_raw(settings, [keyed(click)]))
     hits = run(read_topic(settings, settings.resolved_feedback_topic, timeout=60,
                           until=lambda m: any(orjson.loads(x.value)["event_id"] == "e10000" for x in m)))
-    hit = next(h for h in map(lambda x: orjson.loads(x.value), hits) if h["event_id"] == "e10000")
+    hit = next(h for h in (orjson.loads(x.value) for x in hits) if h["event_id"] == "e10000")
     assert (hit["recommendation_id"], hit["variant"], hit["session_model_version"], hit["rank"]) == (
         last["recommendation_id"], last["variant"], last["session_model_version"], 1)
