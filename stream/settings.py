@@ -84,6 +84,12 @@ class Settings:
     # An event naming a product the index does not hold yet (its catalogue record may still be on
     # the way) is held and retried for this long before it is dead-lettered as unknown_product.
     unknown_product_hold_s: float = 5.0
+    # -- online feedback and A/B variants ----------------------------------------------------------
+    variants: str = ""                       # name=model[@index]:weight,... ; "" = follow the models topic
+    variant_key: Secret = Secret("")         # key of the shopper -> variant hash; default the app id
+    feedback_horizon_events: int = 20        # a recommendation can earn a hit within this many later events
+    feedback_horizon_s: float = 1800.0       # ... and this much event time
+    follow_models: bool = True               # without variants: serve the models topic's default and candidate
     # -- operations --------------------------------------------------------------------------------
     web_host: str = "127.0.0.1"
     web_port: int = 6066
@@ -136,6 +142,12 @@ class Settings:
                 f"got {self.session_backend!r}")
         if self.log_format not in ("text", "json"):
             bad(f"log_format must be text or json, got {self.log_format!r}")
+        if self.feedback_horizon_events < 1 or self.feedback_horizon_s <= 0:
+            bad("feedback_horizon_events must be at least 1 and feedback_horizon_s positive")
+        if self.variants:
+            from stream.core.variants import parse_variants
+
+            parse_variants(self.variants)              # ConfigError naming what is wrong
         if not 0 < self.web_port < 65536:
             bad(f"web_port must be a TCP port, got {self.web_port}")
 
@@ -156,6 +168,17 @@ class Settings:
     @property
     def resolved_feedback_topic(self) -> str:
         return self.feedback_topic or f"{self.app_id}-feedback"
+
+    @property
+    def variant_specs(self) -> tuple:
+        """The parsed ``variants`` (``stream.core.variants.VariantSpec``); () when none are set."""
+        from stream.core.variants import parse_variants
+
+        return parse_variants(self.variants) if self.variants else ()
+
+    @property
+    def resolved_variant_key(self) -> str:
+        return str(self.variant_key) or self.app_id
 
     @property
     def cpu_engine_dir(self) -> Path:

@@ -44,6 +44,28 @@ def register(cli: click.Group) -> None:
                                with_ceiling=ceiling)
         emit(result, as_json, render)
 
+    @bench.command("online")
+    @click.option("--events", "n_events", type=click.IntRange(min=100), default=20_000, show_default=True)
+    @click.option("--rate", type=click.FloatRange(min=1), default=400.0, show_default=True,
+                  help="Offered events/s: a shopper's events spread over several batches, as in a shop.")
+    @click.option("--candidate", default="default", show_default=True,
+                  help="The candidate's session model: default (the shipped trained encoder) or an artifact folder.")
+    @click.option("--partitions", type=click.IntRange(min=1), default=4, show_default=True)
+    @click.option("--broker", default=None, help="Kafka to use (default: start the embedded broker).")
+    @click.option("--png", type=click.Path(path_type=Path), default=None, help="Also plot hit rate over time.")
+    @click.option("--learn/--no-learn", default=True, show_default=True,
+                  help="Then run learn once on the replayed events (where shopstream learn exists).")
+    @click.option("--json", "as_json", is_flag=True)
+    def online(n_events, rate, candidate, partitions, broker, png, learn, as_json) -> None:
+        """A/B in one run: pooling against the trained encoder, 50/50, online hit rates and the verdict."""
+        from stream.tools.bench_online import render, run_online_bench
+        from stream.tools.processes import terminate_on_sigterm
+
+        terminate_on_sigterm()
+        result = run_online_bench(n_events=n_events, rate=rate, candidate=candidate, partitions=partitions,
+                                  broker=broker, progress=not as_json, png=png, learn=learn)
+        emit(result, as_json, render)
+
     @bench.command("chaos")
     @click.option("--kills", type=click.IntRange(min=0), default=20, show_default=True,
                   help="SIGKILLs of a worker at random moments, each followed by a restart.")

@@ -22,6 +22,12 @@ class Metrics:
 
     def observe_end_to_end(self, seconds: float) -> None: ...
 
+    def on_served(self, variant: str, model: str, n: int = 1) -> None:
+        """Recommendations published by ``variant`` with session model ``model`` (feedback trials)."""
+
+    def on_hit(self, variant: str, model: str, event_type: str) -> None:
+        """A served product was clicked, carted or bought within the horizon (one per recommendation)."""
+
     def set_index(self, version: str, size: int) -> None: ...
 
     def set_model(self, version: str) -> None: ...

@@ -28,7 +28,7 @@ from stream.core.metrics import Metrics
 from stream.core.partitioner import partition_for
 from stream.core.recommender import Recommender, UserBatch
 from stream.core.schema import Event, EventValidator
-from stream.core.session_state import SessionLimits
+from stream.core.session_state import FeedbackHorizon, SessionLimits
 from stream.errors import InvalidEvent
 
 log = logging.getLogger(__name__)
@@ -64,10 +64,11 @@ class BatchResult:
     resends: list[Resend] = field(default_factory=list)
     held: list[Message] = field(default_factory=list)     # not handled yet: try again in a later batch
     done: list[Message] = field(default_factory=list)     # handled: ack once the result is published
+    hits: list[dict[str, Any]] = field(default_factory=list)   # online feedback: a shown product taken up
 
     def extend(self, other: "BatchResult") -> "BatchResult":
         for name in ("recommendations", "latest_event_ts", "state_writes", "dead_letters", "resends",
-                     "held", "done"):
+                     "held", "done", "hits"):
             getattr(self, name).extend(getattr(other, name))
         return self
 
@@ -81,8 +82,9 @@ class Pipeline:
     """What the core needs, loaded once per worker (or per replay)."""
 
     validator: EventValidator
-    recommender: Recommender
+    recommender: Recommender                                 # or a VariantRecommender (A/B variants)
     limits: SessionLimits = field(default_factory=SessionLimits)
+    horizon: FeedbackHorizon = field(default_factory=FeedbackHorizon)
     metrics: Metrics = field(default_factory=Metrics)
     pseudonymise: Callable[[Event], Event] | None = None     # Event -> Event with hashed ids
     pseudonymise_id: Callable[[str], str] | None = None      # the same hash for a bare user id
@@ -145,17 +147,23 @@ class Pipeline:
 
         users: list[UserBatch] = []
         partitions: list[int] = []
+        user_hits: list[list[dict[str, Any]]] = []
         for user_id, items in by_user.items():
             key = user_id.encode()
             partition = items[-1][1].partition
             state = self._read(read_state, partition, key)
             erased_on: list[int] = []
+            hits: list[dict[str, Any]] = []
             for parsed, msg in items:
                 if parsed is None:
                     state = None
+                    hits = []
                     if msg.partition not in erased_on:
                         erased_on.append(msg.partition)
                 else:
+                    for hit in session_state.credit(state, parsed, self.horizon):
+                        hit["user_id"] = user_id
+                        hits.append(hit)
                     state = session_state.fold(state, parsed, self.limits)
             # a forget request erases the session on the partition it arrived on: sent to every
             # partition, it reaches the session wherever the shop's partitioner put it
@@ -168,6 +176,7 @@ class Pipeline:
             state["seen_at"] = self.wall_clock()
             users.append(UserBatch(user_id, state, events))
             partitions.append(partition)
+            user_hits.append(hits)
         if not users:
             return out
         self.metrics.on_batch(sum(len(ub.events) for ub in users), len(users))
@@ -179,10 +188,13 @@ class Pipeline:
             batch_time = max(e.ts for ub in users for e in ub.events)
             self.recommender.clock = lambda: batch_time
         recs = self.recommender.recommend(users)
-        for ub, partition, rec in zip(users, partitions, recs):
+        for ub, partition, rec, hits in zip(users, partitions, recs, user_hits):
+            latest = max(e.ts for e in ub.events)
+            session_state.remember(ub.state, rec, latest)
             out.state_writes.append(StateWrite(partition, ub.user_id.encode(), session_state.dumps(ub.state)))
             out.recommendations.append(rec)
-            out.latest_event_ts.append(max(e.ts for e in ub.events))
+            out.latest_event_ts.append(latest)
+            out.hits.extend(hits)
         return out
 
     def process_isolating(self, messages: Sequence[Message], read_state: StateReader,

@@ -68,6 +68,7 @@ class Recommender:
     clock: Any = None
     metrics: Metrics = field(default_factory=Metrics)
     popularity: Counter = field(default_factory=Counter)
+    variant: str = "default"                 # the A/B variant this recommender serves (stream.core.variants)
 
     @property
     def model_version(self) -> str:
@@ -123,6 +124,7 @@ class Recommender:
                 "model_version": self.model_version,
                 "session_model_version": self.session_encoder.model_version,
                 "index_version": index.version,
+                "variant": self.variant,
                 "event_time": iso(now[len(recs)]),
                 "produced_at": produced_at,
             }

@@ -74,8 +74,14 @@ def create_app(settings: Settings, services: Services) -> Any:
     batches = LiveBatches(pipeline, app=app, sessions=sessions, events_topic=settings.events_topic,
                           recommendations_topic=settings.recommendations_topic,
                           dead_letter_topic=settings.dead_letter_topic,
-                          dead_letter_max_bytes=settings.dead_letter_max_bytes)
+                          dead_letter_max_bytes=settings.dead_letter_max_bytes,
+                          feedback_topic=settings.resolved_feedback_topic)
     catalog = start_catalog_sync(app, services, settings)     # every worker applies every catalogue update
+    models = None
+    if not settings.variants and settings.follow_models:      # variants set by hand win over the topic
+        from stream.live.model_follow import start_model_follower
+
+        models = start_model_follower(app, services, settings, catalog)
 
     @app.agent(events, name="recommend")
     async def recommend(stream):  # noqa: ANN001 - faust injects the stream
@@ -142,7 +148,8 @@ def create_app(settings: Settings, services: Services) -> Any:
 
     services.metrics.watch_lag(consumer_lag)
 
-    app.shopstream = {"services": services, "batches": batches, "sessions": sessions, "catalog": catalog}
+    app.shopstream = {"services": services, "batches": batches, "sessions": sessions, "catalog": catalog,
+                      "models": models}
     return app
 
 
@@ -157,7 +164,11 @@ def build_pipeline(settings: Settings, services: Services) -> Pipeline:
     fail = frozenset(x.strip() for x in settings.fault_event_ids.split(",") if x.strip())
     if fail:
         log.warning("TEST HOOK: the encoder fails for %d event id(s) (SHOPSTREAM_FAULT_EVENT_IDS)", len(fail))
-    return Pipeline(validator=services.validator, recommender=services.recommender, limits=services.limits,
+    from stream.core.session_state import FeedbackHorizon
+
+    return Pipeline(validator=services.validator, recommender=services.variants or services.recommender,
+                    limits=services.limits,
+                    horizon=FeedbackHorizon(settings.feedback_horizon_events, settings.feedback_horizon_s),
                     metrics=services.metrics, pseudonymise=pseudonymise, pseudonymise_id=pseudonymise_id,
                     partitioner=settings.partitioner, partitions=settings.partitions,
                     hold_unknown_s=settings.unknown_product_hold_s, fail_event_ids=fail)

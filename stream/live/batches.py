@@ -49,7 +49,8 @@ class LiveBatches:
     """Runs micro-batches of one worker's events through ``pipeline``."""
 
     def __init__(self, pipeline: Pipeline, *, app: Any, sessions: SessionTable, events_topic: str,
-                 recommendations_topic: str, dead_letter_topic: str, dead_letter_max_bytes: int) -> None:
+                 recommendations_topic: str, dead_letter_topic: str, dead_letter_max_bytes: int,
+                 feedback_topic: str | None = None) -> None:
         self.pipeline = pipeline
         self.app = app
         self.sessions = sessions
@@ -57,6 +58,7 @@ class LiveBatches:
         self.recommendations_topic = recommendations_topic
         self.dead_letter_topic = dead_letter_topic
         self.dead_letter_max_bytes = dead_letter_max_bytes
+        self.feedback_topic = feedback_topic
         self.stream: Any = None                          # the agent's stream, for acks
         self.held: list[tuple[Message, Any]] = []       # (message, faust event), oldest first
         self.unacked: dict[int, dict[int, Any]] = {}    # partition -> {offset: event} done, behind a held one
@@ -152,12 +154,19 @@ class LiveBatches:
             sends.append((self.dead_letter_topic, key, value, None, headers))
         for r in result.resends:
             sends.append((self.events_topic, r.key, r.value, r.partition, list(r.headers) or None))
+        if self.feedback_topic:
+            for hit in result.hits:
+                sends.append((self.feedback_topic, hit["user_id"].encode(), feedback_record(hit), None, None))
         await publish(self.app.producer, sends)
         if result.recommendations:
             now = time.time()
             for ts in result.latest_event_ts:
                 self.metrics.observe_end_to_end(now - ts)
             self.metrics.on_recommendation_out(len(result.recommendations))
+            for rec in result.recommendations:
+                self.metrics.on_served(rec.get("variant", "default"), rec["session_model_version"])
+        for hit in result.hits:
+            self.metrics.on_hit(hit["variant"], hit["session_model_version"], hit["event_type"])
 
     # -----------------------------------------------------------------------------------------
     def owned_partitions(self) -> set[int]:
@@ -224,6 +233,13 @@ async def publish(producer: Any, sends: list[tuple[str, bytes | None, bytes | No
             await asyncio.sleep(delay)
             delay = min(delay * 2, MAX_SEND_BACKOFF_S)
         pending = failed
+
+
+def feedback_record(hit: dict[str, Any]) -> bytes:
+    """A hit as published on the feedback topic (its event time as ISO 8601, like recommendations)."""
+    from stream.core.recommender import iso
+
+    return orjson.dumps({**hit, "ts": iso(hit["ts"])})
 
 
 def _after_failure(item: tuple, exc: BaseException, attempt: int) -> tuple:

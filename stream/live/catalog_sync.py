@@ -33,6 +33,7 @@ snapshot that is refused (corrupt, other dimension or model) is logged and the l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -92,20 +93,29 @@ class CatalogSync:
         if not updates:
             return 0
         t0 = time.perf_counter()
-        holder = self.services.index
-        while True:
-            index = holder.current
-            prepared = prepare_updates(index, updates, self.services.products.encode)   # embeds: no lock
-            with holder.lock:
-                if holder.current is index:      # else swapped meanwhile: prepare for the new one
-                    done = apply_prepared(prepared)
-                    break
-        for u in done:
-            self.applied[u.product_id] = u
+        services = self.services
+        lock = getattr(services, "catalog_lock", None) or contextlib.nullcontext()
+        with lock:                             # the live index, then every variant's in its own space
+            spaces = services.product_spaces() if hasattr(services, "product_spaces") else []
+            done = self._apply_to(self.services.index, updates, self.services.products.encode)
+            for holder, products in spaces[1:]:
+                self._apply_to(holder, updates, products.encode)
+            for u in done:
+                self.applied[u.product_id] = u
+        index = self.services.index.current
         self.services.metrics.set_index(index.version, len(index))
         log.info("applied %d catalogue update(s) to index %s in %.0f ms", len(done), index.version,
                  (time.perf_counter() - t0) * 1e3)
         return len(done)
+
+    @staticmethod
+    def _apply_to(holder, updates, encode) -> list[CatalogUpdate]:
+        while True:
+            index = holder.current
+            prepared = prepare_updates(index, updates, encode)     # embeds: no lock
+            with holder.lock:
+                if holder.current is index:      # else swapped meanwhile: prepare for the new one
+                    return apply_prepared(prepared)
 
     # -- hot swap -----------------------------------------------------------------------------
     def check_snapshot(self) -> bool:

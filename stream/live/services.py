@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from stream.core.metrics import Metrics
 from stream.core.recommender import IndexHolder, Recommender
 from stream.core.schema import EventValidator
 from stream.core.session_state import SessionLimits
+from stream.core.variants import DEFAULT_VARIANT, Arm, VariantRecommender
 from stream.errors import ConfigError
 from stream.settings import Settings
 
@@ -71,6 +73,17 @@ class Services:
     limits: SessionLimits
     metrics: Metrics
     products: ProductEncoder | None = None
+    variants: VariantRecommender | None = None      # what the pipeline recommends with (A/B variants)
+    catalog_lock: threading.Lock = field(default_factory=threading.Lock)   # catalogue writes vs new variants
+
+    def product_spaces(self) -> list[tuple[IndexHolder, ProductEncoder]]:
+        """Every live index with the encoder of its product space (each once): a catalogue update
+        goes to all of them."""
+        spaces = {id(self.index): (self.index, self.products)}
+        for arm in (self.variants.arms if self.variants else ()):
+            if arm.products is not None:
+                spaces.setdefault(id(arm.recommender.index), (arm.recommender.index, arm.products))
+        return list(spaces.values())
 
 
 def session_limits(settings: Settings) -> SessionLimits:
@@ -127,6 +140,57 @@ def load_session_encoder(settings: Settings, dim: int):
     return encoder
 
 
+SHIPPED_SESSION_ENCODER = Path(__file__).resolve().parents[1] / "data" / "session_encoder"
+
+
+def load_session_model(model: str, dim: int):
+    """A variant's session model: ``pooling``, ``default`` (the trained encoder shipped with
+    shopstream) or an artifact folder."""
+    if model in ("", "pooling"):
+        return PoolingSessionEncoder(dim=dim)
+    path = SHIPPED_SESSION_ENCODER if model == "default" else Path(model)
+    if not (path / "manifest.json").exists() and path.suffix != ".onnx":
+        raise ConfigError(f"no session encoder artifact at {path}" + (
+            " (this install ships no trained default; name an artifact folder)" if model == "default" else ""))
+    from engines.session_model import load_session_encoder as load_trained
+
+    return load_trained(path)
+
+
+def variant_index_path(settings: Settings, products: ProductEncoder) -> Path:
+    """Where the index of a trained item tower's product space is looked for by default."""
+    tower = products.tower.model_version if products.tower is not None else "text"
+    return Path(settings.data_dir) / "index" / f"items-{tower}"
+
+
+def load_arm(settings: Settings, services: "Services", name: str, weight: float, model: str,
+             index_path: str = "") -> Arm:
+    """One variant: its session model and the index of its product space (shared with the
+    worker's own index when the spaces are the same). A model whose index is missing or was built
+    for another product space is refused (ConfigError)."""
+    session = load_session_model(model, services.encoder.dim)
+    products = ProductEncoder(services.encoder, session)
+    if products.model_version == services.products.model_version and not index_path:
+        holder = services.index
+    else:
+        path = Path(index_path) if index_path else variant_index_path(settings, products)
+        if not (path / "manifest.json").exists():
+            raise ConfigError(f"variant {name}: no index for {products.model_version} at {path}: build it with "
+                              f"`shopstream index build --session-encoder {model} --out {path}`")
+        try:
+            holder = IndexHolder(load_snapshot(path, dim=products.dim, model_version=products.model_version,
+                                               device=settings.index_device))
+        except SnapshotError as exc:
+            raise ConfigError(f"variant {name}: {exc}") from None
+    base = services.recommender
+    recommender = Recommender(index=holder, queries=base.queries, session_encoder=session, limits=base.limits,
+                              top_k=base.top_k, search_blend=base.search_blend, metrics=base.metrics,
+                              variant=name)
+    log.info("variant %s (weight %g): session model %s, index %s", name, weight, session.model_version,
+             holder.current.version)
+    return Arm(name, weight, recommender, products)
+
+
 def load_services(settings: Settings, metrics: Metrics | None = None) -> Services:
     metrics = metrics or Metrics()
     encoder = load_text_encoder(settings)
@@ -150,4 +214,9 @@ def load_services(settings: Settings, metrics: Metrics | None = None) -> Service
     metrics.set_model(encoder.model_version)
     log.info("loaded encoder %s (%s), index %s with %d products", encoder.name, encoder.model_version,
              index.version, len(index))
-    return Services(settings, encoder, holder, recommender, validator, limits, metrics, products)
+    services = Services(settings, encoder, holder, recommender, validator, limits, metrics, products)
+    arms = [Arm(DEFAULT_VARIANT, 1.0, recommender, products)]
+    if settings.variant_specs:                 # every worker loads every variant
+        arms = [load_arm(settings, services, v.name, v.weight, v.model, v.index) for v in settings.variant_specs]
+    services.variants = VariantRecommender(arms, settings.resolved_variant_key)
+    return services

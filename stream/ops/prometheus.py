@@ -55,6 +55,12 @@ class PrometheusMetrics(Metrics):
         self.e2e_seconds = pc.Histogram("shopstream_end_to_end_seconds",
                                         "From the event time to the recommendation's publication.",
                                         buckets=E2E_BUCKETS, registry=r)
+        self.served = pc.Counter("shopstream_served", "Recommendations served, by variant and session model "
+                                 "(hit rate @k = shopstream_hits_total / shopstream_served_total).",
+                                 ["variant", "model"], registry=r)
+        self.hits = pc.Counter("shopstream_hits", "Recommendations with a product clicked, carted or bought within "
+                               "the feedback horizon, by variant, session model and the event that made the hit.",
+                               ["variant", "model", "event_type"], registry=r)
         self.index_size = pc.Gauge("shopstream_index_products", "Products in the index in use.", registry=r)
         self.index_info = pc.Info("shopstream_index", "Version of the index in use.", registry=r)
         self.model_info = pc.Info("shopstream_model", "Version of the text encoder in use.", registry=r)
@@ -90,6 +96,12 @@ class PrometheusMetrics(Metrics):
 
     def observe_end_to_end(self, seconds: float) -> None:
         self.e2e_seconds.observe(max(seconds, 0.0))
+
+    def on_served(self, variant: str, model: str, n: int = 1) -> None:
+        self.served.labels(variant, model).inc(n)
+
+    def on_hit(self, variant: str, model: str, event_type: str) -> None:
+        self.hits.labels(variant, model, event_type).inc()
 
     def set_index(self, version: str, size: int) -> None:
         self.index_size.set(size)

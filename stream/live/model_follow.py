@@ -1,0 +1,177 @@
+"""Follow the ``models`` topic: serve its ``default`` as the control and its ``candidate`` beside it.
+
+Every worker reads the whole compacted topic (one partition) with its own consumer, outside the
+Faust group, like the catalogue sync. When the records it serves change:
+
+* the latest ``default`` record becomes the ``control`` variant (before there is one, the worker's
+  own configured session model is the control);
+* the latest ``candidate`` becomes the ``candidate`` variant with its ``share`` of shoppers;
+  ``withdrawn`` or ``retired`` (or a candidate promoted to default) takes it out.
+
+A model and the index of its product space are loaded together, off the event loop; a model whose
+index is missing or made for another space is refused and logged, and the worker keeps what it
+serves. The new set of variants replaces the old one atomically between two batches
+(:meth:`VariantRecommender.set_arms`), after the catalogue updates the new index lacks are applied
+to it, so no event is lost or recommended with half a model.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from stream.core.variants import Arm
+from stream.errors import ConfigError
+from stream.live.services import Services, load_arm
+from stream.ops.models import ModelRecord, latest, serving
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CONTROL, CANDIDATE = "control", "candidate"
+
+
+def desired(records: dict[str, ModelRecord]) -> tuple[ModelRecord | None, ModelRecord | None]:
+    """(default, candidate) the worker should serve; a candidate with no share serves nobody."""
+    default, candidate = serving(records)
+    if candidate is not None and (candidate.share <= 0 or (default and candidate.version == default.version)):
+        candidate = None
+    return default, candidate
+
+
+class ModelFollower:
+    def __init__(self, settings: Settings, services: Services, catalog: Any = None) -> None:
+        self.settings = settings
+        self.services = services
+        self.catalog = catalog                      # CatalogSync: its updates go into a new index
+        self.records: dict[str, ModelRecord] = {}
+        self.serving: tuple[str | None, str | None, float] = (None, None, 0.0)   # default, candidate, share
+        self.swaps = 0
+        self._base = services.variants.arms[0] if services.variants else None    # the worker's own model
+        self._loaded: dict[str, Arm] = {}           # version -> arm, reused while served
+        self._consumer = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    # -- deciding and swapping (pure of Kafka; tests call these) --------------------------------
+    def apply(self, pairs: list[tuple[bytes | None, bytes | None]]) -> bool:
+        """Take (key, value) records of the topic in order; swap the variants if what is to be
+        served changed. True when a swap happened."""
+        for key, value in pairs:
+            self.records.update(latest([(key, value)]))
+            if key is not None and value is None:
+                self.records.pop(key.decode(), None)
+        default, candidate = desired(self.records)
+        want = (default.version if default else None, candidate.version if candidate else None,
+                candidate.share if candidate else 0.0)
+        if want == self.serving:
+            return False
+        try:
+            arms = self._arms_for(default, candidate)
+        except ConfigError as exc:
+            log.error("models topic: cannot serve default=%s candidate=%s, keeping %s: %s", want[0], want[1],
+                      [f"{a.name}={a.recommender.session_encoder.model_version}" for a in self.services.variants.arms],
+                      exc)
+            self.serving = want                     # not retried until the topic says something new
+            return False
+        with self.services.catalog_lock:            # no catalogue update between catch-up and swap
+            for arm in arms:
+                self._catch_up(arm)
+            self.services.variants.set_arms(arms)
+        self._loaded = {a.recommender.session_encoder.model_version: a for a in arms}
+        self.serving = want
+        self.swaps += 1
+        log.info("models topic: now serving %s", ", ".join(
+            f"{a.name}={a.recommender.session_encoder.model_version} ({a.weight:.0%})" for a in arms))
+        return True
+
+    def _arms_for(self, default: ModelRecord | None, candidate: ModelRecord | None) -> list[Arm]:
+        share = candidate.share if candidate else 0.0
+        control = self._arm(CONTROL, 1.0 - share, default)
+        arms = [control]
+        if candidate is not None:
+            arms.append(self._arm(CANDIDATE, share, candidate))
+        return arms
+
+    def _arm(self, name: str, weight: float, record: ModelRecord | None) -> Arm:
+        if record is None:
+            base = self._base
+            return dataclasses.replace(base, name=name, weight=weight,
+                                       recommender=dataclasses.replace(base.recommender, variant=name))
+        have = self._loaded.get(record.version)
+        if have is not None:
+            return dataclasses.replace(have, name=name, weight=weight,
+                                       recommender=dataclasses.replace(have.recommender, variant=name))
+        arm = load_arm(self.settings, self.services, name, weight, record.artifact or "pooling", record.index)
+        loaded = arm.recommender.session_encoder.model_version
+        if record.artifact and loaded != record.version:
+            raise ConfigError(f"the artifact at {record.artifact} is {loaded}, the record says {record.version}")
+        arm.recommender.popularity = self.services.recommender.popularity
+        return arm
+
+    def _catch_up(self, arm: Arm) -> None:
+        holder = arm.recommender.index
+        if self.catalog is None or holder is self.services.index or getattr(holder, "caught_up", False):
+            return
+        from stream.core.catalog import apply_updates
+
+        updates = [dataclasses.replace(u, vector=None) for u in self.catalog.applied.values()]
+        updates.sort(key=lambda u: (u.partition, u.offset))
+        if updates:                                  # re-embedded in this model's product space
+            apply_updates(holder.current, updates, arm.products.encode)
+        holder.caught_up = True
+
+    # -- the loop ---------------------------------------------------------------------------------
+    async def run(self) -> None:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="models")
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.bootstrap_servers, group_id=None, enable_auto_commit=False,
+            auto_offset_reset="earliest", client_id=f"{s.app_id}-models", **s.kafka_client_options())
+        await self._consumer.start()
+        try:
+            parts = None
+            for _ in range(50):
+                if s.models_topic in await self._consumer.topics():
+                    parts = self._consumer.partitions_for_topic(s.models_topic)
+                    if parts:
+                        break
+                await asyncio.sleep(0.1)
+            tps = [TopicPartition(s.models_topic, p) for p in sorted(parts or {0})]
+            self._consumer.assign(tps)
+            for tp in tps:
+                await self._consumer.seek_to_beginning(tp)
+            log.info("following the models topic %s", s.models_topic)
+            while True:
+                batch = await self._consumer.getmany(timeout_ms=500, max_records=500)
+                pairs = [(m.key, m.value) for msgs in batch.values() for m in sorted(msgs, key=lambda m: m.offset)]
+                if pairs:
+                    await loop.run_in_executor(self._executor, self.apply, pairs)
+        finally:
+            consumer, self._consumer = self._consumer, None
+            await consumer.stop()
+            self._executor.shutdown(wait=False)
+
+
+def start_model_follower(app: Any, services: Services, settings: Settings, catalog: Any = None) -> ModelFollower:
+    """Run a :class:`ModelFollower` as a supervised task of the Faust ``app``."""
+    follower = ModelFollower(settings, services, catalog)
+
+    @app.task
+    async def follow_models() -> None:
+        delay = 1.0
+        while True:
+            try:
+                await follower.run()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the stream goes on with the variants it has
+                log.exception("following the models topic failed; retrying in %.0fs", delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    return follower
