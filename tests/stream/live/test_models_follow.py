@@ -58,7 +58,7 @@ def test_candidate_served_then_promoted_or_withdrawn_by_synthetic_outcomes(index
     from stream.settings import Settings
 
     art, index, version = tower
-    settings = Settings(index_path=index_snapshot, encoder_backend="torch", data_dir=tmp_path)
+    settings = Settings(index_path=index_snapshot, encoder_backend="torch", data_dir=tmp_path, session_encoder="pooling")
     services = load_services(settings)
     base = services.recommender.session_encoder.model_version
     follower = ModelFollower(settings, services)
@@ -98,8 +98,11 @@ def test_announced_model_hot_swapped_with_its_index_while_events_stream(settings
     users = [f"shopper-{i}" for i in range(40)]
     first = [event(i, users[i % 40], item=catalog_products[i % 300].id) for i in range(200)]
     run(produce_raw(settings, [keyed(e) for e in first]))
-    run(produce_raw(settings, [record(version, "candidate", art, index, share=0.5)], topic=settings.models_topic))
     ids = {e["event_id"] for e in first}
+    # the first wave is served before any candidate exists (however slow the machine)
+    run(read_topic(settings, settings.recommendations_topic, timeout=120,
+                   until=lambda m: {i for r in recs_of(m) for i in r["event_ids"]} >= ids))
+    run(produce_raw(settings, [record(version, "candidate", art, index, share=0.5)], topic=settings.models_topic))
     second = []
     for n in range(200, 600):                     # streamed while the worker loads and swaps
         second.append(event(n, users[n % 40], item=catalog_products[n % 300].id))
