@@ -120,7 +120,7 @@ def test_topics_step_creates_every_topic(settings_factory):
     settings = settings_factory()
     env = {"SHOPSTREAM_EVENTS_TOPIC": settings.events_topic, "SHOPSTREAM_CATALOG_TOPIC": settings.catalog_topic,
            "SHOPSTREAM_RECOMMENDATIONS_TOPIC": settings.recommendations_topic,
-           "SHOPSTREAM_DEAD_LETTER_TOPIC": settings.dead_letter_topic}
+           "SHOPSTREAM_DEAD_LETTER_TOPIC": settings.dead_letter_topic, "SHOPSTREAM_MODELS_TOPIC": settings.models_topic}
     result = _cli(["topics", "--broker", settings.broker, "--app-id", settings.app_id, "--partitions", "3"], env)
     assert result.exit_code == 0, result.output
     created = dict(line.split("\t") for line in result.stdout.splitlines())
