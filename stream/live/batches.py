@@ -18,6 +18,23 @@ with the next batch, or by a timer when no batch comes, until ``unknown_product_
 Events after a held one on its partition are processed but acked only once it is handled, so no
 commit passes it.
 A consumer therefore sees duplicates after a crash or a rebalance, never gaps.
+
+Gap guard (issue #9). After a rebalance Faust seeks every partition to its committed offset, but
+the events it had already fetched keep flowing while that seek runs, and its fetch loop drops a
+record whose offset is below the last one it handed on (``_drain_messages``): an event fetched
+and skipped around the seek is then never delivered again. The driver therefore takes each
+partition's events strictly in offset order: after every rebalance the first event of a partition
+must have the committed offset, and each next one the offset after the last. An event past that
+(a gap) is not processed and not acked -- nor is anything after it on that partition -- and the
+partition is sought back to the missing offset (``Consumer.seek_wait``, Faust's public seek that
+runs in its consumer thread and resets its read offset too), again every
+``GAP_RESEEK_S`` until it comes. Events below it are copies of ones already taken, dropped unacked.
+Faust records the hole as an offset "gap" it would commit over; the guard clears it
+(``faust_compat.forget_gap``).
+A partition from which nothing comes after a rebalance although its high-water mark shows records
+past the committed offset is sought back the same way (Faust may hand every record on mid-rebalance
+and drop them all when it fetches them again). Events that arrive while Faust is still
+rebalancing, and events held from before it, are left to those seeks.
 """
 from __future__ import annotations
 
@@ -31,12 +48,13 @@ import orjson
 
 from stream.core.dead_letters import Message, dead_letter_record
 from stream.core.pipeline import BatchResult, Pipeline
-from stream.live.faust_compat import SessionTable
+from stream.live.faust_compat import SessionTable, committed_offset, forget_gap
 
 log = logging.getLogger(__name__)
 
 RETRY_DELAYS_S = (0.05, 0.2, 0.5)        # re-runs of a failed batch before isolating the cause
 MAX_SEND_BACKOFF_S = 5.0
+GAP_RESEEK_S = 1.0                       # a seek back to a missing offset is repeated this often
 
 
 def to_message(event: Any, received_at: float) -> Message:
@@ -63,6 +81,9 @@ class LiveBatches:
         self.held: list[tuple[Message, Any]] = []       # (message, faust event), oldest first
         self.unacked: dict[int, dict[int, Any]] = {}    # partition -> {offset: event} done, behind a held one
         self._lock = asyncio.Lock()
+        self._epoch: int | None = None                  # app.rebalancing_count _next belongs to
+        self._next: dict[int, int] = {}                 # partition -> offset its next event must have
+        self._gaps: dict[int, tuple[Any, int, float, int]] = {}   # partition -> (tp, offset, sought at, seeks)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recommend")
 
     @property
@@ -74,15 +95,143 @@ class LiveBatches:
         """One micro-batch (and whatever is held from before)."""
         now = time.monotonic()
         async with self._lock:
-            await self._run(self.held + [(to_message(ev, now), ev) for ev in events])
+            fresh = await self._in_order(events)
+            await self._run(self.held + [(to_message(ev, now), ev) for ev in fresh])
 
     async def retry_held(self) -> None:
-        """Offer held events again when no new batch has come to carry them."""
-        if not self.held or self._lock.locked():
+        """Offer held events again when no new batch has come to carry them; repeat the seek back
+        to a missing offset that has not come yet."""
+        if self._lock.locked():
             return
         async with self._lock:
+            await self._reseek_gaps()
             if self.held:
                 await self._run(list(self.held))
+
+    # -- the gap guard (module docstring) ----------------------------------------------------------
+    async def _settle(self) -> bool:
+        """False while Faust rebalances. After a rebalance, every owned events partition is due
+        its committed offset next; until that event comes the partition is watched: once its
+        high-water mark shows records there and none has come for ``GAP_RESEEK_S``, it is sought
+        back (Faust may have handed every record of the partition on mid-rebalance, and dropped
+        them when it fetched them again)."""
+        app = self.app
+        if app.rebalancing:
+            return False
+        epoch = app.rebalancing_count
+        if epoch == self._epoch:
+            return True
+        self._next.clear()
+        self._gaps.clear()
+        if self.held:          # not acked: the seek to committed offsets delivers them again
+            log.debug("%d held event(s) left to the seek to committed offsets", len(self.held))
+            self.held = []
+        consumer = app.consumer
+        tps = [tp for tp in (consumer.assignment() if consumer is not None else ())
+               if tp.topic == self.events_topic]
+        starts = {tp: await self._start_offset(tp) for tp in tps}
+        if app.rebalancing or app.rebalancing_count != epoch:
+            return False
+        self._epoch = epoch
+        for tp, start in starts.items():
+            self._next[tp.partition] = start
+            self._gaps[tp.partition] = (tp, start, None, 0)     # None: no record known there yet
+        log.info("after rebalance #%d: committed offsets %s", epoch,
+                 {tp.partition: start for tp, start in sorted(starts.items(), key=lambda x: x[0].partition)})
+        return True
+
+    async def _in_order(self, events: Sequence[Any]) -> list[Any]:
+        """The events that continue their partition's offsets; seeks back where one is missing."""
+        if not await self._settle():
+            if events:
+                log.debug("%d event(s) delivered mid-rebalance left to the seek to committed offsets",
+                          len(events))
+            return []
+        app = self.app
+        epoch = self._epoch
+        out: list[Any] = []
+        blocked: set[int] = set()
+        for ev in events:
+            msg = ev.message
+            if msg.topic != self.events_topic:
+                out.append(ev)
+                continue
+            p, offset = msg.partition, msg.offset
+            if p in blocked:
+                continue
+            expected = self._next.get(p)
+            if expected is None:                      # assigned without a rebalance we saw
+                expected = self._next[p] = await self._start_offset(msg.tp)
+            gap = self._gaps.get(p)
+            if gap is not None and gap[3] == 0:
+                log.info("partition %d: first event after rebalance #%d at offset %d, committed %s",
+                         p, epoch, offset, expected)
+            if offset < expected:
+                log.debug("partition %d: offset %d is a copy of one already taken (next is %d)", p, offset,
+                          expected)
+                continue
+            if offset > expected:
+                blocked.add(p)
+                await self._seek_back(msg.tp, p, expected, offset)
+                continue
+            self._next[p] = offset + 1
+            gap = self._gaps.pop(p, None)
+            if gap is not None and gap[3]:
+                log.info("partition %d: offset %d delivered again after the seek back", p, offset)
+            if gap is not None:
+                forget_gap(app.consumer, msg.tp)
+            out.append(ev)
+        if app.rebalancing or app.rebalancing_count != epoch:     # began while we awaited: start over
+            return []
+        return out
+
+    async def _start_offset(self, tp: Any) -> int:
+        """Where Faust's seek after the rebalance put ``tp``: its committed offset (Faust keeps 0 as
+        "none"), or the start of the log where nothing is committed."""
+        consumer = self.app.consumer
+        committed = committed_offset(consumer, tp)
+        if committed is not None:
+            return committed
+        earliest = (await consumer.earliest_offsets(tp)).get(tp)
+        return earliest or 0
+
+    async def _seek_back(self, tp: Any, partition: int, expected: int, got: int | None) -> None:
+        gap = self._gaps.get(partition)
+        now = time.monotonic()
+        if gap is not None and gap[1] == expected and gap[2] is not None and now - gap[2] < GAP_RESEEK_S:
+            return                                   # sought already: this is a copy fetched before it
+        seeks = 1 if gap is None or gap[1] != expected else gap[3] + 1
+        came = f"offset {got} came" if got is not None else "nothing came"
+        log.warning("partition %d: %s where %d was due (committed %s); seeking back to %d (seek %d), "
+                    "nothing from %d on is processed or acked until it comes", partition, came, expected,
+                    committed_offset(self.app.consumer, tp), expected, seeks, expected)
+        self._gaps[partition] = (tp, expected, now, seeks)
+        await self.app.consumer.seek_wait({tp: expected})
+        forget_gap(self.app.consumer, tp)
+
+    def _highwater(self, tp: Any) -> int | None:
+        try:
+            return self.app.consumer.highwater(tp)
+        except Exception:  # noqa: BLE001 - not fetched yet, or no longer assigned
+            return None
+
+    async def _reseek_gaps(self) -> None:
+        if not await self._settle() or not self._gaps:
+            return
+        owned = self.owned_partitions()
+        now = time.monotonic()
+        for partition, (tp, expected, at, seeks) in list(self._gaps.items()):
+            if partition not in owned:
+                self._gaps.pop(partition, None)
+            elif at is None:                         # waiting for the first event after a rebalance
+                hw = self._highwater(tp)
+                if hw is not None and hw > expected:
+                    self._gaps[partition] = (tp, expected, now, seeks)   # records are there: it is due
+            elif now - at >= GAP_RESEEK_S:
+                if seeks and seeks % 10 == 0:
+                    log.error("partition %d: offset %d still not delivered after %d seeks back; the "
+                              "partition waits for it", partition, expected, seeks)
+                await self._seek_back(tp, partition, expected, None)
 
     async def _run(self, pending: list[tuple[Message, Any]]) -> None:
         self.held = []

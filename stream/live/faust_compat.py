@@ -7,7 +7,10 @@ loudly when the pinned versions (faust-streaming 0.15.3, aiokafka 0.14.0) stop h
 2. :func:`set_fetch_max_wait` -- the consumer's fetch wait, which Faust fixes at 1,500 ms.
 3. :class:`SessionTable` -- reads, writes and deletes of the sessions table that name their
    partition, instead of Faust's ambient "current event".
-4. :func:`committed_offset` -- the last committed offset of a partition (consumer lag).
+4. :func:`committed_offset` -- the last committed offset of a partition (consumer lag, and the
+   offset the first event after a rebalance must have: see ``LiveBatches``' gap guard).
+5. :func:`install_skip_ack_guard` -- Faust must not ack an event it skipped without delivering.
+6. :func:`forget_gap` -- Faust must not commit over offsets the gap guard sought back to.
 
 True end offsets: Faust recovers a table by reading its changelog up to the end offsets that ListOffsets reports.
 tansu 0.x (the embedded broker) answers with the base offset of the partition's last record batch,
@@ -218,3 +221,59 @@ class SessionTable:
 def committed_offset(consumer: Any, tp: Any) -> int | None:
     """The offset last committed for ``tp`` by this worker (Faust keeps no public accessor)."""
     return consumer._committed_offset.get(tp)
+
+
+# -- 5. no ack for an event Faust skipped ------------------------------------------------------------
+_guarded_topics: set[str] = set()
+
+
+def install_skip_ack_guard(topic: str) -> None:
+    """Refuse Faust's acks of ``topic``'s messages that no stream ever took in.
+
+    A stream drops a message it takes from its queue while ``app.flow_control`` is suspended or
+    whose ``generation_id`` is not the consumer's current one (both happen around a rebalance).
+    The Cython iterator (``faust/_cython/streams.pyx``, the one that runs when it is built) drops it
+    without an ack; the pure-Python one (``Stream._py_aiter``) *acks* it ("We want to ack the
+    filtered out message"), so the next commit could pass an event nothing processed. Such a
+    message is never marked ``tracked``: a stream marks a message tracked just before it hands it
+    on, after that check, and our driver acks only what it was handed. So an ack of an untracked
+    message of the events topic comes from that skip, and is refused here; the driver's gap guard
+    (``LiveBatches``) then seeks back to the offset. No public API controls this; ``Consumer.ack``
+    is where every ack goes through (``ConsumerMessage.on_final_ack``) except the Cython
+    iterator's inlined one, which with ``noack_take`` acks nothing: its skips carry no event.
+    """
+    from faust.transport.consumer import Consumer
+
+    _guarded_topics.add(topic)
+    if "ack" in _installed:
+        return
+    original = _installed["ack"] = Consumer.ack
+
+    def ack(self, message):  # noqa: ANN001, ANN202 - faust's signature
+        if message.topic in _guarded_topics and not message.tracked:
+            log.info("refused Faust's ack of %s-%d@%d, which it skipped without delivering it",
+                     message.topic, message.partition, message.offset)
+            return False
+        return original(self, message)
+
+    Consumer.ack = ack
+
+
+# -- 6. no commit over a hole the gap guard sought back to -------------------------------------------
+def forget_gap(consumer: Any, tp: Any) -> None:
+    """Drop the offset gaps Faust recorded for ``tp``.
+
+    When ``_drain_messages`` hands on a record more than one offset past its read offset it
+    records the offsets between as a "gap" (``Consumer._add_gap``, meant for compacted topics and
+    transaction markers), and ``_new_offset`` counts a gap as acked as soon as any later offset is
+    acked -- the whole interval at once. After the gap guard seeks a partition back, records
+    fetched before the seek are still handed on past the new read offset, so Faust records the
+    very events the guard waits for as a gap and would commit over them before they are processed
+    (a crash then would lose them). The events topic has no such legitimate holes; the guard
+    clears ``Consumer._gap[tp]`` whenever it seeks back and when the missing event comes.
+    """
+    gaps = consumer._gap.get(tp)
+    if gaps:
+        log.info("forgot Faust's offset gap(s) %s of %s-%d", sorted((i.begin, i.end) for i in gaps),
+                 tp.topic, tp.partition)
+        gaps.clear()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[3]
-PRIVATE = re.compile(r"_current_event|_fetch_max_wait_ms|_highwaters|_committed_offset|\._thread\._consumer"
+PRIVATE = re.compile(r"_current_event|\._gap\b|_fetch_max_wait_ms|_highwaters|_committed_offset|\._thread\._consumer"
                      r"|send_changelog|_key_partition|_db_for_partition")
 
 
@@ -85,3 +85,36 @@ def test_internals_are_reached_from_one_module_only(package):
         if PRIVATE.search(path.read_text()):
             offenders.append(str(path.relative_to(REPO)))
     assert not offenders, f"Faust/aiokafka internals reached outside stream/live/faust_compat.py: {offenders}"
+
+
+def test_skip_ack_reach():
+    """The skip-ack guard: faust's pure-Python stream iterator acks a message it skips, before marking
+    it tracked (the Cython one skips it without an ack); every other ack goes through Consumer.ack."""
+    from faust.streams import Stream
+    from faust.transport.consumer import Consumer
+    from faust.types.tuples import ConsumerMessage
+
+    src = inspect.getsource(Stream._py_aiter)
+    skip, tracked = src.index("value = skipped_value"), src.index("message.tracked = True")
+    assert skip < tracked, "faust's stream no longer skips a message before marking it tracked"
+    assert "value is skipped_value" in src and "event.ack()" in src
+    assert ConsumerMessage.use_tracking is True
+    assert "consumer.ack(self)" in inspect.getsource(ConsumerMessage.on_final_ack)
+    assert list(inspect.signature(Consumer.ack).parameters) == ["self", "message"]
+
+
+def test_gap_guard_uses_public_seek():
+    """LiveBatches seeks back with Consumer.seek_wait, which also resets Faust's read offset."""
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+    from faust.types.transports import ConsumerT
+
+    assert hasattr(ConsumerT, "seek_wait")
+    assert "_read_offset[tp] = offset" in inspect.getsource(AIOKafkaConsumerThread._seek_wait)
+
+
+def test_gap_reach():
+    """forget_gap: Faust records offset jumps in Consumer._gap (interval trees) and counts them acked."""
+    from faust.transport.consumer import Consumer
+
+    assert "self._gap[tp]" in inspect.getsource(Consumer._new_offset)
+    assert "gap_for_tp.addi(" in inspect.getsource(Consumer._add_gap)
