@@ -18,15 +18,29 @@ BACKENDS: dict[str, str] = {
 }
 ALIASES: dict[str, str] = {"onnxruntime-cpu": "onnxruntime", "torch-cpu": "torch"}
 
+#: The trained session encoder's runners (``engines.session_model.TrainedSessionEncoder`` packs a
+#: worker batch and hands it to one of these), with the same names as the text encoder's.
+SESSION_BACKENDS: dict[str, str] = {
+    "torch": "engines.backends.session_torch:TorchSessionRunner",
+    "torch-cuda": "engines.backends.session_torch_cuda:TorchCudaSessionRunner",
+    "onnxruntime": "engines.backends.session_onnxruntime:OnnxRuntimeSessionRunner",
+    "tensorrt": "engines.backends.session_tensorrt:TensorRTSessionRunner",
+}
 
-def backend_class(name: str) -> type:
+
+def backend_class(name: str, table: dict[str, str] = BACKENDS) -> type:
     try:
-        target = BACKENDS[ALIASES.get(name, name)]
+        target = table[ALIASES.get(name, name)]
     except KeyError:
-        valid = ", ".join(sorted([*BACKENDS, *ALIASES, "auto"]))
+        valid = ", ".join(sorted([*table, *ALIASES, "auto"]))
         raise UnknownBackendError(f"unknown backend {name!r}; choose one of: {valid}") from None
     module, _, attr = target.partition(":")
     return getattr(importlib.import_module(module), attr)
+
+
+def session_backend_class(name: str) -> type:
+    """The session encoder runner called ``name`` (an unknown name lists the valid ones)."""
+    return backend_class(name, SESSION_BACKENDS)
 
 
 def create_text_encoder(backend: str = "auto", **options: Any) -> TextEncoder:

@@ -34,7 +34,6 @@ WEIGHTS = "weights.pt"
 ONNX_FILES = {"fp32": "session_encoder.onnx", "fp16": "session_encoder.fp16.onnx",
               "int8": "session_encoder.int8.onnx"}
 ITEM_TOWER_ONNX = "item_tower.onnx"
-BACKENDS = ("torch", "onnxruntime")
 
 
 def read_manifest(folder: str | Path) -> dict:
@@ -102,57 +101,104 @@ def load_torch_model(folder: str | Path):
     return model
 
 
+#: A lower precision serves only if it costs at most this share of fp32's validation NDCG@10 and
+#: Recall@10 (``ranking_check`` in the manifest, written by ``shopstream train``): the speed levers
+#: are priced by ranking, not by the cosine of the vectors.
+RANKING_TOLERANCE = 0.01
+
+
+def precision_allowed(manifest: dict, precision: str) -> tuple[bool, str]:
+    """Whether ``precision`` ranks as well as fp32 on the artifact's validation fold, and why."""
+    if precision == "fp32":
+        return True, "the reference precision"
+    check = manifest.get("ranking_check") or {}
+    ref, got = check.get("fp32"), check.get(precision)
+    if not ref or not got:
+        return False, f"no ranking check of {precision} in the manifest (shopstream train writes one)"
+    for metric in ("ndcg@10", "recall@10"):
+        if got[metric] < ref[metric] * (1.0 - RANKING_TOLERANCE):
+            return False, (f"{precision} {metric} {got[metric]:.4f} vs fp32 {ref[metric]:.4f} on the "
+                           f"{check.get('fold', 'valid')} fold: more than {RANKING_TOLERANCE:.0%} lower")
+    return True, (f"{precision} ranks within {RANKING_TOLERANCE:.0%} of fp32 on the {check.get('fold', 'valid')} "
+                  f"fold (NDCG@10 {got['ndcg@10']:.4f} vs {ref['ndcg@10']:.4f})")
+
+
 class TrainedSessionEncoder:
-    """:class:`engines.session.SessionEncoder` over a trained artifact, on PyTorch or onnxruntime.
+    """:class:`engines.session.SessionEncoder` over a trained artifact, on any session backend.
 
     ``embed`` takes sessions whose product rows are index vectors and whose search rows are text
-    vectors (what :class:`stream.core.recommender.Recommender` builds); search rows go through the item
-    tower first, like the titles did when the index was built.
+    vectors (what :class:`stream.core.recommender.Recommender` builds), packs the whole batch into
+    right-aligned arrays and makes **one** call of the backend's runner (``engines.backends.session_*``:
+    torch, onnxruntime, torch-cuda, tensorrt). Search rows go through the item tower first, like
+    the titles did when the index was built; the item tower runs on onnxruntime (or PyTorch) on the
+    CPU whatever the backend, since it runs per catalogue update, not per event.
     """
 
     def __init__(self, folder: str | Path, *, backend: str = "torch", precision: str = "fp32",
-                 threads: int | None = None) -> None:
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown session encoder backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
-        if precision not in ONNX_FILES or (backend == "torch" and precision != "fp32"):
-            raise ValueError(f"precision {precision!r} is not available on backend {backend!r}")
+                 threads: int | None = None, **options) -> None:
+        from engines.registry import SESSION_BACKENDS, session_backend_class
+
+        if backend not in SESSION_BACKENDS:
+            session_backend_class(backend)          # raises with the list of valid names
+        if precision not in ONNX_FILES:
+            raise ValueError(f"unknown precision {precision!r}; choose one of: {', '.join(ONNX_FILES)}")
         self.folder = Path(folder)
         self.backend = backend
         self.precision = precision
         self.threads = threads
+        self.options = options
         self.name = f"session-transformer-{backend}" + ("" if precision == "fp32" else f"-{precision}")
         self.dim = 0
         self.model_version = ""
+        self.items_version = ""
         self.max_len = 0
         self.item_space = "text"
+        self.manifest: dict = {}
+        self.runner = None
         self._torch = None
-        self._ort = None
         self._ort_items = None
 
     def load(self) -> "TrainedSessionEncoder":
-        m = read_manifest(self.folder)
+        from engines.registry import session_backend_class
+
+        m = self.manifest = read_manifest(self.folder)
         self.dim, self.max_len, self.item_space = m["dim"], m["config"]["max_len"], m["item_space"]
         # events of a type, or times, that training never saw would meet untrained embeddings:
         # map them to what training saw (a purchase-only log without clock serves live views)
         self.kinds_seen = list(m.get("kinds_seen") or [])
         self.uses_time = bool(m.get("uses_time", False))
+        # the item tower always runs in fp32: the index's product space is named by the weights alone,
+        # whatever precision the user tower serves in
+        self.items_version = m["model_version"]
         self.model_version = m["model_version"] + ("" if self.precision == "fp32" else f"-{self.precision}")
         if self.threads:
             import torch
 
             torch.set_num_threads(self.threads)
-        self._torch = load_torch_model(self.folder)     # item tower on torch for index builds
-        if self.backend == "onnxruntime":
-            self._ort = _ort_session(self.folder / ONNX_FILES[self.precision], self.threads)
-            if self.item_space == "item-tower":
+        self._torch = load_torch_model(self.folder)     # the reference, and the item tower without ONNX
+        if self.item_space == "item-tower" and (self.folder / ITEM_TOWER_ONNX).is_file():
+            try:
                 self._ort_items = _ort_session(self.folder / ITEM_TOWER_ONNX, self.threads)
+            except MissingExtraError:
+                log.info("onnxruntime is not installed; the item tower runs on PyTorch")
+        runner = session_backend_class(self.backend)(self.folder, precision=self.precision, threads=self.threads,
+                                                     **self.options)
+        self.runner = runner.load(m, self._torch)
         log.info("session encoder %s %s (%s)", self.name, self.model_version, self.folder)
         return self
+
+    def close(self) -> None:
+        if self.runner is not None:
+            self.runner.close()
+        self.runner = None
 
     # -- product space -----------------------------------------------------------------------
     def item_vectors(self, text_vectors: np.ndarray, batch_size: int = 8192) -> np.ndarray:
         """Index vectors of products (or queries) from their title (or query) text vectors."""
         text_vectors = np.ascontiguousarray(text_vectors, dtype=np.float32)
+        if self.item_space != "item-tower":
+            norms = np.linalg.norm(text_vectors, axis=1, keepdims=True)
+            return (text_vectors / np.maximum(norms, 1e-12)).astype(np.float32)
         if self._ort_items is not None:
             return np.concatenate([self._ort_items.run(None, {"text": text_vectors[i:i + batch_size]})[0]
                                    for i in range(0, max(len(text_vectors), 1), batch_size)])
@@ -163,18 +209,17 @@ class TrainedSessionEncoder:
             return self._torch.items(torch.from_numpy(text_vectors)).numpy()
 
     # -- user embeddings ---------------------------------------------------------------------
-    def embed(self, sessions: Sequence[SessionSequence], now: Sequence[float]) -> np.ndarray:
+    def pack(self, sessions: Sequence[SessionSequence]) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
+        """The live sessions' indices and their right-aligned ``(vectors, kinds, gaps)`` arrays."""
         from engines.session import KIND_CODES
         from engines.session_network import pack
 
-        self._require()
-        out = np.zeros((len(sessions), self.dim), dtype=np.float32)
         live = [i for i, s in enumerate(sessions) if len(s)]
         if not live:
-            return out
+            return live, np.zeros((0, 1, self.dim), np.float32), np.zeros((0, 1), np.int64), np.zeros((0, 1), np.int64)
         fallback = self.kinds_seen[0] if self.kinds_seen else "view"
         known = set(self.kinds_seen) if self.kinds_seen else set(KIND_CODES)
-        rows, kinds, times = [], [], []
+        rows, kinds, times, searches = [], [], [], []
         for i in live:
             s = sessions[i]
             is_search = np.array([x == "search" for x in s.kinds], dtype=bool)[-self.max_len:]
@@ -183,75 +228,71 @@ class TrainedSessionEncoder:
             k, t = k[-self.max_len:], np.asarray(s.timestamps, dtype=np.float64)[-self.max_len - 1:]
             if not self.uses_time:
                 t = np.full(len(t), np.nan)
-            if self.item_space == "item-tower" and np.any(is_search):
-                v = v.copy()
-                v[is_search] = self.item_vectors(v[is_search])
             rows.append(v)
             kinds.append(k)
             times.append(t)
+            searches.append(is_search)
+        flat = np.concatenate(rows)
+        if self.item_space == "item-tower":
+            is_search = np.concatenate(searches)
+            if is_search.any():          # every query of the batch through the tower at once
+                flat = flat.copy()
+                flat[is_search] = self.item_vectors(flat[is_search])
         # pack wants token ids: number the rows, pack, then gather the vectors
         offsets = np.cumsum([0] + [len(v) for v in rows])
-        flat = np.concatenate(rows)
         # times keep one event more than the vectors, so the oldest kept event knows its gap
         tok, kin, gap = pack([np.arange(offsets[j], offsets[j + 1]) for j in range(len(rows))], kinds,
                              times, self.max_len)
         vecs = np.where((tok >= 0)[..., None], flat[np.maximum(tok, 0)], 0.0).astype(np.float32)
-        out[live] = self._run(vecs, kin, gap)
+        return live, vecs, kin, gap
+
+    def embed(self, sessions: Sequence[SessionSequence], now: Sequence[float]) -> np.ndarray:
+        self._require()
+        out = np.zeros((len(sessions), self.dim), dtype=np.float32)
+        live, vecs, kin, gap = self.pack(sessions)
+        if live:
+            out[live] = self.runner.run(vecs, kin, gap)      # one call for the whole worker batch
         return out
 
-    def _run(self, vecs: np.ndarray, kinds: np.ndarray, gaps: np.ndarray) -> np.ndarray:
-        if self._ort is not None:
-            return self._ort.run(None, {"vectors": vecs, "kinds": kinds, "gaps": gaps})[0].astype(np.float32)
-        import torch
-
-        with torch.inference_mode():
-            return self._torch(torch.from_numpy(vecs), torch.from_numpy(kinds), torch.from_numpy(gaps)).numpy()
-
     def _require(self) -> None:
-        if self._torch is None:
+        if self._torch is None or self.runner is None:
             raise RuntimeError("call load() before using the session encoder")
 
 
 def _ort_session(path: Path, threads: int | None):
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:
-        raise MissingExtraError("onnxruntime", "onnx", exc) from exc
+    from engines.backends.onnxruntime_cpu import make_session
+
     if not path.is_file():
-        raise ArtifactError(f"{path}: no such ONNX file; run `shopstream train export` on the artifact")
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        raise ArtifactError(f"{path}: no such ONNX file; run `shopstream train` (with --export) on the artifact")
+    return make_session(path, threads)
 
 
-def load_session_encoder(path: str | Path, backend: str = "auto", *, threads: int | None = None) -> TrainedSessionEncoder:
+def load_session_encoder(path: str | Path, backend: str = "auto", *, precision: str = "auto",
+                         threads: int | None = None, **options) -> TrainedSessionEncoder:
     """Load a trained session encoder.
 
     ``path`` is an artifact folder, or one of its ``.onnx`` files to pick a precision
-    (``session_encoder.int8.onnx``). ``auto`` runs onnxruntime when the artifact has an fp32 ONNX
-    graph and onnxruntime is installed, PyTorch otherwise; the choice is logged.
+    (``session_encoder.int8.onnx``, on onnxruntime). ``auto`` backend and precision follow
+    :func:`engines.select.choose_session_backend` (the choice, and each backend skipped, is logged):
+    tensorrt, torch-cuda, onnxruntime, torch; fp16 on a GPU and int8 on onnxruntime only when the
+    artifact's ranking check says they rank as well as fp32 (:func:`precision_allowed`).
     """
     path = Path(path)
-    precision = "fp32"
     if path.suffix == ".onnx":
         by_file = {f: p for p, f in ONNX_FILES.items()}
         if path.name not in by_file:
             raise ArtifactError(f"{path}: not one of the session encoder graphs ({', '.join(ONNX_FILES.values())})")
         precision, path, backend = by_file[path.name], path.parent, "onnxruntime"
-    if backend == "auto":
-        backend = "torch"
-        if (path / ONNX_FILES["fp32"]).is_file():
-            try:
-                import onnxruntime  # noqa: F401
-                backend = "onnxruntime"
-            except ImportError:
-                log.info("onnxruntime is not installed; the session encoder runs on PyTorch")
-        log.info("session encoder backend: %s", backend)
-    return TrainedSessionEncoder(path, backend=backend, precision=precision, threads=threads).load()
+    if backend == "auto" or precision == "auto":
+        from engines.select import choose_session_backend
+
+        choice = choose_session_backend(path, backend=backend, precision=precision)
+        log.info("%s", choice.describe())
+        backend, precision = choice.backend, choice.precision
+    return TrainedSessionEncoder(path, backend=backend, precision=precision, threads=threads, **options).load()
 
 
 def item_vectors(path: str | Path, text_vectors: np.ndarray) -> np.ndarray:
     """Product vectors for the index from title vectors: what ``shopstream index build`` stores
     when the worker runs this session encoder (the identity, renormalised, without an item tower)."""
-    return load_session_encoder(path, backend="torch").item_vectors(text_vectors)
+    return load_session_encoder(path, backend="torch", precision="fp32").item_vectors(text_vectors)

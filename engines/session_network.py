@@ -22,6 +22,9 @@ from torch.nn import functional as F
 GAP_PAD, GAP_UNKNOWN, GAP_FIRST, GAP_BASE = 0, 1, 2, 3
 N_GAPS = 32
 N_KINDS = 6      # padding + the five event types of engines.session.EVENT_TYPES
+#: Attention bias of a masked key: exp() of it is exactly 0 in fp32, and it stays finite in fp16
+#: (-1e9 becomes -inf there, and a row with every key masked, a padding row, would turn to NaN).
+MASKED = -1e4
 
 
 def gap_codes(times: np.ndarray) -> np.ndarray:
@@ -94,6 +97,20 @@ class Block(nn.Module):
         x = x + self.drop(self.proj(y))
         return x + self.drop(self.ff(self.ln2(x)))
 
+    def newest(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` at the newest position only, ``(B, 1, d)``: keys and values for every
+        event, but the query, projection and feed-forward for one (serving needs no more)."""
+        b, n, d = x.shape
+        h = self.heads
+        y = self.ln1(x)
+        w, bw = self.qkv.weight, self.qkv.bias
+        q = F.linear(y[:, -1:], w[:d], bw[:d]).reshape(b, 1, h, d // h).transpose(1, 2)
+        k, v = F.linear(y, w[d:], bw[d:]).reshape(b, n, 2, h, d // h).permute(2, 0, 3, 1, 4)
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(d // h)) + bias[:, :, -1:, :]
+        att = self.drop(torch.softmax(att, dim=-1))
+        x = x[:, -1:] + self.drop(self.proj((att @ v).transpose(1, 2).reshape(b, 1, d)))
+        return x + self.drop(self.ff(self.ln2(x)))
+
 
 class SessionTransformer(nn.Module):
     """User tower: (vectors, kinds, gaps) of left-padded sequences -> a unit vector per position."""
@@ -119,9 +136,9 @@ class SessionTransformer(nn.Module):
         """Index vectors of products (or queries) from their text vectors."""
         return self.item_tower(text_vectors) if self.item_tower is not None else F.normalize(text_vectors, dim=-1)
 
-    def encode(self, vectors: torch.Tensor, kinds: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
-        """``(B, L, text_dim)`` index-space vectors, right-aligned; kind 0 marks padding."""
-        b, n, _ = vectors.shape
+    def _inputs(self, vectors: torch.Tensor, kinds: torch.Tensor, gaps: torch.Tensor):
+        """Event embeddings ``(B, L, d)`` and the causal, padding-masked attention bias."""
+        n = vectors.shape[1]
         pad = kinds == 0
         # reverse positions: the newest event is position 0 whatever the length
         pos = torch.arange(n - 1, -1, -1, device=vectors.device).clamp(max=self.cfg.max_len - 1)
@@ -129,7 +146,12 @@ class SessionTransformer(nn.Module):
         x = self.drop(self.ln_in(x))
         causal = torch.ones(n, n, dtype=torch.bool, device=vectors.device).tril()
         allowed = causal[None, :, :] & ~pad[:, None, :]
-        bias = torch.where(allowed, 0.0, -1e9).to(x.dtype)[:, None, :, :]
+        bias = torch.where(allowed, 0.0, MASKED).to(x.dtype)[:, None, :, :]
+        return x, bias
+
+    def encode(self, vectors: torch.Tensor, kinds: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
+        """``(B, L, text_dim)`` index-space vectors, right-aligned; kind 0 marks padding."""
+        x, bias = self._inputs(vectors, kinds, gaps)
         for block in self.blocks:
             x = block(x, bias)
         # skip from each event's own vector: at initialisation (``out`` is zero) the embedding is the
@@ -137,8 +159,15 @@ class SessionTransformer(nn.Module):
         return F.normalize(vectors + self.out(self.ln_out(x)), dim=-1)
 
     def forward(self, vectors: torch.Tensor, kinds: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
-        """The shopper's embedding: the output at the newest (last) position, ``(B, text_dim)``."""
-        return self.encode(vectors, kinds, gaps)[:, -1, :]
+        """The shopper's embedding: the output at the newest (last) position, ``(B, text_dim)``.
+
+        Equal to ``encode(...)[:, -1]``, computed with the last layer at the newest position only
+        (about 40% fewer operations for the exported and served graph)."""
+        x, bias = self._inputs(vectors, kinds, gaps)
+        for block in self.blocks[:-1]:
+            x = block(x, bias)
+        x = self.blocks[-1].newest(x, bias)[:, 0]
+        return F.normalize(vectors[:, -1] + self.out(self.ln_out(x)), dim=-1)
 
 
 def pack(tokens: list[np.ndarray], kinds: list[np.ndarray], times: list[np.ndarray],

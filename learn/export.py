@@ -107,3 +107,33 @@ def parity(folder: str | Path, *, precisions=("fp32", "fp16", "int8"), seed: int
                           f"(tolerance {FP32_TOLERANCE:g})")
     log.info("session encoder parity: %s", out)
     return out
+
+
+def ranking_check(folder: str | Path, data, text_vecs: np.ndarray, *, threads: int | None = None,
+                  write: bool = True) -> dict:
+    """NDCG and Recall of each exported precision on the **validation** fold (never the test fold),
+    written into the manifest as ``ranking_check``: what ``auto`` reads to decide whether fp16 (on a
+    GPU) or int8 (on onnxruntime) may serve (:func:`engines.session_model.precision_allowed`)."""
+    import json
+
+    from engines.session_model import MANIFEST, load_session_encoder
+    from learn.evaluate import TrainedEncoder, evaluate
+    from learn.split import leave_one_out
+
+    folder = Path(folder)
+    fold = leave_one_out(data).valid
+    out: dict = {"fold": "valid", "users": len(fold)}
+    for precision, name in ONNX_FILES.items():
+        if not (folder / name).is_file():
+            continue
+        enc = load_session_encoder(folder, backend="onnxruntime", precision=precision, threads=threads)
+        row = evaluate([TrainedEncoder(enc, text_vecs, data.n_items, name=precision)], data, fold,
+                       progress=False)[precision]
+        out[precision] = {k: round(float(row[k]), 5) for k in ("ndcg@10", "recall@10", "ndcg@20", "recall@20")}
+    if write:
+        path = folder / MANIFEST
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest["ranking_check"] = out
+        path.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    log.info("session encoder ranking check (validation fold): %s", out)
+    return out

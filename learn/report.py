@@ -54,7 +54,9 @@ def run_evaluation(data: Interactions, text_vecs: np.ndarray, *, models: Sequenc
     n = data.n_items
     methods = [Popularity(f, n), LastItemKNN(text_vecs, n), Pooling(text_vecs, n)] if baselines else []
     for path in models:
-        enc = load_session_encoder(path, threads=threads)
+        # a folder is its fp32 reference (on the backend auto picks); an .onnx file names its precision
+        enc = load_session_encoder(path, threads=threads,
+                                   **({} if Path(path).suffix == ".onnx" else {"precision": "fp32"}))
         methods.append(TrainedEncoder(enc, text_vecs, n, name=model_label(path)))
     t0 = time.perf_counter()
     results = evaluate(methods, data, f, progress=progress)

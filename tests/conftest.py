@@ -79,7 +79,7 @@ def settings_factory(broker, index_snapshot, tmp_path):
                     catalog_topic=f"catalog-{uid}", models_topic=f"models-{uid}",
                     partitions=2, index_path=index_snapshot,
                     data_dir=tmp_path, web_port=free_port(), encoder_backend="torch",
-                    batch_wait_ms=20)
+                    batch_wait_ms=20, session_encoder="pooling")   # index_snapshot is in text space
         base.update(overrides)
         return Settings(**base)
 

@@ -165,6 +165,16 @@ def _train(data, settings, out: Path, *, export: bool, init: Path | None = None,
         par = export_session_encoder(out)
         click.echo("ONNX parity against PyTorch: " + ", ".join(
             f"{p} max|diff| {v['max_abs_diff']:.1e}" for p, v in par.items()))
+        from engines.session_model import precision_allowed, read_manifest
+        from learn.export import ranking_check
+
+        check = ranking_check(out, data, vecs, threads=cfg.threads)
+        click.echo("ranking check, validation fold: " + ", ".join(
+            f"{p} NDCG@10 {check[p]['ndcg@10']:.4f} Recall@10 {check[p]['recall@10']:.4f}"
+            for p in ("fp32", "fp16", "int8") if p in check))
+        manifest = read_manifest(out)
+        for p in ("fp16", "int8"):
+            click.echo(f"  {p}: " + precision_allowed(manifest, p)[1])
     report = run_evaluation(data, vecs, models=[out], threads=cfg.threads, progress=False)
     click.echo(table(report))
     click.echo(f"artifact: {out} ({time.perf_counter() - t0:.0f}s)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from engines import (
     PoolingSessionEncoder,
@@ -21,6 +22,23 @@ from stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
+#: The session encoder that ships in the package: trained on UCI Online Retail (CC BY 4.0, see
+#: ``stream/data/NOTICE.md``), ONNX fp32 user and item towers plus the PyTorch weights.
+SHIPPED_SESSION_ENCODER = Path(__file__).resolve().parents[1] / "data" / "session_encoder"
+
+
+def session_encoder_path(settings: Settings) -> Path | None:
+    """The artifact ``settings.session_encoder`` names: ``default`` is the shipped one,
+    ``pooling`` none (the weighted average of product vectors), anything else a folder."""
+    choice = str(settings.session_encoder).strip()
+    if choice == "pooling":
+        return None
+    path = SHIPPED_SESSION_ENCODER if choice == "default" else Path(choice)
+    if not (path / "manifest.json").is_file():
+        raise ConfigError(f"session_encoder {choice!r}: no session encoder artifact at {path} "
+                          "(give 'default', 'pooling' or a folder written by `shopstream train`)")
+    return path
+
 
 class ProductEncoder:
     """Product text -> the vector the index holds for it.
@@ -36,7 +54,7 @@ class ProductEncoder:
         self.dim = text.dim
         self.name = text.name
         self.model_version = (text.model_version if self.tower is None
-                              else f"{text.model_version}+items:{self.tower.model_version}")
+                              else f"{text.model_version}+items:{self.tower.items_version}")
 
     def encode(self, texts):
         vectors = self.text.encode(texts)
@@ -79,7 +97,7 @@ def load_text_encoder(settings: Settings) -> TextEncoder:
 
 def load_product_encoder(settings: Settings, text: TextEncoder | None = None) -> ProductEncoder:
     text = text or load_text_encoder(settings)
-    session = load_session_encoder(settings, text.dim) if settings.session_encoder else None
+    session = load_session_encoder(settings, text.dim) if session_encoder_path(settings) else None
     return ProductEncoder(text, session)
 
 
@@ -92,11 +110,18 @@ def load_index(settings: Settings, products: ProductEncoder | TextEncoder) -> It
 
 
 def load_session_encoder(settings: Settings, dim: int):
-    if settings.session_encoder:
-        from engines.session_model import load_session_encoder as load_trained
+    """The shipped trained encoder by default, on the backend ``auto`` picks (logged); pooling
+    when asked for. The index snapshot names both models (``ProductEncoder.model_version``), so a
+    worker refuses an index built for another session encoder."""
+    path = session_encoder_path(settings)
+    if path is None:
+        return PoolingSessionEncoder(dim=dim)
+    from engines.session_model import load_session_encoder as load_trained
 
-        return load_trained(settings.session_encoder)
-    return PoolingSessionEncoder(dim=dim)
+    encoder = load_trained(path, settings.session_backend)
+    if encoder.dim != dim:
+        raise ConfigError(f"session encoder {path} makes {encoder.dim}-d vectors; the text encoder makes {dim}-d")
+    return encoder
 
 
 def load_services(settings: Settings, metrics: Metrics | None = None) -> Services:

@@ -230,7 +230,8 @@ def run_e2e_bench(*, n_events: int, rate: float | None, users: int | None = None
             result["ceiling_missing"] = ceiling["missing"]
             if ceiling["events_per_second"] and result["events_per_second"]:
                 result["fraction_of_ceiling"] = round(result["events_per_second"] / ceiling["events_per_second"], 3)
-        result.update(users=users, machine=_machine(), encoder_artifact=str(settings.encoder_artifact or ""), partitions=partitions, index_products=len(index),
+        result.update(users=users, machine=_machine(), encoder_artifact=str(settings.encoder_artifact or ""),
+                      session_encoder=str(settings.session_encoder), partitions=partitions, index_products=len(index),
                       batch_size=settings.batch_size, batch_wait_ms=settings.batch_wait_ms,
                       broker="embedded tansu" if embedded else broker)
         return result

@@ -49,8 +49,27 @@ def build_default_index(settings, catalog: Path | None = None, out: Path | None 
 
 
 def ensure_index(settings: Settings, echo=log.info) -> Settings:
-    if not (settings.resolved_index_path / "manifest.json").exists():
+    """Build the default index once, in the product space of the session encoder the worker runs
+    (the shipped trained model's item tower by default); rebuild one made for another model."""
+    manifest = settings.resolved_index_path / "manifest.json"
+    if not manifest.exists():
         echo("building the product index from the shipped Online Retail catalogue (once) ...")
+        build_default_index(settings)
+        return settings
+    from index import read_manifest
+    from stream.live.services import load_product_encoder
+
+    built_for = read_manifest(settings.resolved_index_path).get("model_version")
+    wanted = load_product_encoder(settings).model_version
+    if built_for != wanted and settings.index_path is not None:
+        from stream.errors import ConfigError
+
+        raise ConfigError(f"the index at {settings.index_path} was built for {built_for}; the worker runs "
+                          f"{wanted}: rebuild it (shopstream index build) or set SHOPSTREAM_SESSION_ENCODER "
+                          "to the model it was built for")
+    if built_for != wanted:
+        echo(f"the index at {settings.resolved_index_path} was built for {built_for}; the worker runs "
+             f"{wanted}: rebuilding it from the shipped catalogue ...")
         build_default_index(settings)
     return settings
 

@@ -72,7 +72,7 @@ def _descendants(pid: int) -> set[int]:
 
 def test_demo_prints_recommendations_and_ctrl_c_leaves_nothing_behind(index_snapshot, tmp_path):
     env = {**os.environ, "SHOPSTREAM_INDEX_PATH": str(index_snapshot), "SHOPSTREAM_ENCODER_BACKEND": "torch",
-           "PYTHONUNBUFFERED": "1"}
+           "SHOPSTREAM_SESSION_ENCODER": "pooling", "PYTHONUNBUFFERED": "1"}    # the text-space test index
     proc = subprocess.Popen([sys.executable, "-m", "stream", "demo", "--rate", "40", "--data-dir", str(tmp_path)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     lines, procs = [], set()

@@ -1,0 +1,168 @@
+"""The trained session encoder on every backend: parity with PyTorch, one call per worker batch,
+``auto`` choosing backend and precision by the artifact's ranking check.
+
+torch and onnxruntime run here; torch-cuda runs where there is a GPU (``gpu`` marker); TensorRT 10
+cannot be installed in this project's environments, so its test is skipped with that reason.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import numpy as np
+import pytest
+
+from engines.errors import MissingExtraError, UnknownBackendError
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    """A small artifact whose every layer does something (seeded, not trained), exported to ONNX."""
+    pytest.importorskip("onnxruntime")
+    import torch
+
+    from engines.session_model import save_artifact
+    from engines.session_network import ModelConfig, SessionTransformer
+    from learn.export import export_session_encoder
+
+    torch.manual_seed(0)
+    model = SessionTransformer(ModelConfig(d_model=32, layers=2, heads=2, ffn=64, max_len=20, item_hidden=64))
+    for name, p in model.named_parameters():
+        if name.startswith(("out.", "item_tower.fc2")):
+            torch.nn.init.normal_(p, std=0.05)
+    folder = save_artifact(model.eval(), tmp_path_factory.mktemp("session") / "art", text_model_version="t",
+                           record={}, kinds_seen=["view", "purchase"], uses_time=True)
+    export_session_encoder(folder)
+    return folder
+
+
+def sessions(n: int, dim: int = 384, seed: int = 0):
+    """Live sessions of 0..30 events (longer than max_len too), with searches and real gaps."""
+    from engines.session import EVENT_TYPES, SessionSequence
+
+    rng = np.random.default_rng(seed)
+    out, now = [], []
+    for i in range(n):
+        length = int(rng.integers(1, 31)) if i else 0
+        v = rng.normal(size=(length, dim)).astype(np.float32)
+        v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-9)
+        t = 1.7e9 + np.cumsum(rng.exponential(300.0, size=length))
+        out.append(SessionSequence(v, [EVENT_TYPES[j] for j in rng.integers(0, 5, size=length)], t))
+        now.append(float(t[-1]) if length else 1.7e9)
+    return out, now
+
+
+def embed_with(artifact, backend: str, precision: str = "fp32", **options):
+    from engines.session_model import load_session_encoder
+
+    enc = load_session_encoder(artifact, backend, precision=precision, **options)
+    s, now = sessions(40)
+    return enc, enc.embed(s, now)
+
+
+def test_onnxruntime_matches_torch(artifact):
+    _, ref = embed_with(artifact, "torch")
+    assert not np.any(ref[0]) and np.allclose(np.linalg.norm(ref[1:], axis=1), 1.0, atol=1e-5)
+    _, fp32 = embed_with(artifact, "onnxruntime")
+    assert np.abs(fp32 - ref).max() < 1e-4
+    for precision, floor in (("fp16", 0.999), ("int8", 0.98)):
+        _, got = embed_with(artifact, "onnxruntime", precision)
+        assert np.min(np.sum(got[1:] * ref[1:], axis=1)) > floor, precision
+
+
+def test_one_runner_call_per_worker_batch(artifact):
+    from engines.session_model import load_session_encoder
+
+    enc = load_session_encoder(artifact, "onnxruntime", precision="fp32")
+    calls = []
+    run = enc.runner.run
+    enc.runner.run = lambda *a: calls.append(a[0].shape) or run(*a)
+    s, now = sessions(64, seed=3)
+    enc.embed(s, now)
+    assert len(calls) == 1 and calls[0][0] == sum(1 for x in s if len(x))
+
+
+def _with_ranking_check(artifact, tmp_path, int8_ndcg: float):
+    import shutil
+
+    folder = tmp_path / "checked"
+    shutil.copytree(artifact, folder)
+    m = json.loads((folder / "manifest.json").read_text())
+    m["ranking_check"] = {"fold": "valid", "fp32": {"ndcg@10": 0.1, "recall@10": 0.2},
+                          "fp16": {"ndcg@10": 0.1, "recall@10": 0.2},
+                          "int8": {"ndcg@10": int8_ndcg, "recall@10": 0.2}}
+    (folder / "manifest.json").write_text(json.dumps(m))
+    return folder
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the choice on a machine without a GPU")
+def test_auto_picks_int8_only_when_it_ranks_as_well(artifact, tmp_path, caplog):
+    from engines.select import choose_session_backend
+    from engines.session_model import load_session_encoder
+
+    unchecked = choose_session_backend(artifact)
+    assert (unchecked.backend, unchecked.precision) == ("onnxruntime", "fp32")
+    assert "no ranking check" in unchecked.reason
+    assert dict(unchecked.skipped)["torch-cuda"].startswith("no CUDA GPU")
+
+    good = choose_session_backend(_with_ranking_check(artifact, tmp_path / "a", 0.0995))
+    assert (good.backend, good.precision) == ("onnxruntime", "int8")
+    bad = choose_session_backend(_with_ranking_check(artifact, tmp_path / "b", 0.095))
+    assert bad.precision == "fp32" and "more than 1% lower" in bad.reason
+    with caplog.at_level(logging.INFO, logger="engines.session_model"):
+        enc = load_session_encoder(tmp_path / "a" / "checked")
+    assert enc.name == "session-transformer-onnxruntime-int8" and enc.model_version.endswith("-int8")
+    assert "session encoder backend onnxruntime int8" in caplog.text
+
+
+def test_unknown_backend_lists_the_valid_ones(artifact):
+    from engines.session_model import load_session_encoder
+
+    with pytest.raises(UnknownBackendError, match="choose one of: auto, onnxruntime, .*tensorrt, torch, .*torch-cuda"):
+        load_session_encoder(artifact, "openvino")
+
+
+def test_tensorrt_without_the_extra_gives_the_install_hint(artifact, monkeypatch):
+    from engines.session_model import load_session_encoder
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)      # as if the extra were not installed
+    with pytest.raises(MissingExtraError, match=r"pip install 'shopstream\[tensorrt\]'"):
+        load_session_encoder(artifact, "tensorrt", precision="fp16")
+
+
+@pytest.mark.tensorrt
+def test_tensorrt_matches_torch(artifact, tmp_path):
+    pytest.importorskip("tensorrt", reason="TensorRT 10 cannot be installed here (NVIDIA's index is unreachable "
+                                           "and its wheels exceed what travels to the lent GPU)")
+    from engines.backends.session_tensorrt import build_session_plan
+
+    build_session_plan(artifact, tmp_path, precision="fp16")
+    _, ref = embed_with(artifact, "torch")
+    _, got = embed_with(artifact, "tensorrt", "fp16", plan_dir=tmp_path)
+    assert np.min(np.sum(got[1:] * ref[1:], axis=1)) > 0.999
+
+
+@pytest.mark.gpu
+def test_torch_cuda_fp16_graphs_match_torch(artifact):
+    _, ref = embed_with(artifact, "torch")
+    enc, got = embed_with(artifact, "torch-cuda", "fp16")
+    assert enc.runner._buckets and all(b.graph is not None for b in enc.runner._buckets.values())
+    assert not np.any(got[0])
+    assert np.min(np.sum(got[1:] * ref[1:], axis=1)) > 0.999
+    _, fp32 = embed_with(artifact, "torch-cuda", "fp32")
+    assert np.abs(fp32 - ref).max() < 1e-3        # TF32 matmuls may be on
+    s, now = sessions(300, seed=5)                 # more than the largest batch bucket: split
+    assert np.abs(enc.embed(s, now) - embed_with(artifact, "torch")[0].embed(s, now)).max() < 2e-2
+
+
+def test_serving_forward_equals_the_training_encoder_at_the_newest_event(artifact):
+    import torch
+
+    from engines.session_model import load_torch_model
+    from learn.export import example_inputs
+
+    model = load_torch_model(artifact)
+    vecs, kinds, gaps = example_inputs(384, batch=6, length=9, seed=3)
+    with torch.no_grad():
+        assert torch.allclose(model(vecs, kinds, gaps), model.encode(vecs, kinds, gaps)[:, -1], atol=1e-6)
