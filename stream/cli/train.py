@@ -95,17 +95,24 @@ def register(cli: click.Group) -> None:
     @click.option("--backend", "encoder_backend", default=None, help="Text encoder backend (default auto).")
     @click.option("--init", "init", type=click.Path(path_type=Path), default=None,
                   help="Continue from this artifact's weights (same architecture).")
+    @click.option("--dp-epsilon", type=click.FloatRange(min=0.0, min_open=True), default=None,
+                  help="Train with DP-SGD (opacus, the privacy extra) to this epsilon over --epochs; "
+                       "the manifest records what was spent. Default: SHOPSTREAM_DP_EPSILON, 0/unset = off.")
+    @click.option("--dp-delta", type=float, default=None, help="DP delta (default SHOPSTREAM_DP_DELTA, 1e-5).")
+    @click.option("--dp-max-grad-norm", type=click.FloatRange(min=0.0, min_open=True), default=1.0, show_default=True,
+                  help="Per-shopper gradient clip under DP.")
     def train_cmd(data, out, epochs, patience, batch_size, lr, lr_schedule, d_model, layers, heads, dropout, max_len,
                   negatives, hard_negatives, item_tower, seed, threads, device, max_minutes, export,
-                  encoder_backend, init) -> None:
+                  encoder_backend, init, dp_epsilon, dp_delta, dp_max_grad_norm) -> None:
         """Train the session encoder on next-product prediction (contrastive, early stopping)."""
         from stream.settings import Settings
 
-        settings = Settings.from_env(encoder_backend=encoder_backend)
+        settings = Settings.from_env(encoder_backend=encoder_backend, dp_epsilon=dp_epsilon, dp_delta=dp_delta)
         _train(data, settings, out, export=export, d_model=d_model, layers=layers, heads=heads, dropout=dropout,
                max_len=max_len, item_tower=item_tower, lr=lr, lr_schedule=lr_schedule, batch_size=batch_size, epochs=epochs,
                patience=patience, negatives=negatives, hard_negatives=hard_negatives, seed=seed,
-               threads=threads, device=device, max_minutes=max_minutes, init=init)
+               threads=threads, device=device, max_minutes=max_minutes, init=init,
+               dp_epsilon=settings.dp_epsilon or None, dp_delta=settings.dp_delta, dp_max_grad_norm=dp_max_grad_norm)
 
     @cli.command("train-from-topic")
     @kafka_options
@@ -155,8 +162,12 @@ def _train(data, settings, out: Path, *, export: bool, init: Path | None = None,
     result = train(data, vecs, split, cfg, init=start)
     click.echo(f"trained {len(result.history)} epochs in {result.seconds:.0f}s; best epoch {result.best_epoch}: "
                f"valid NDCG@10 {result.best_valid['ndcg@10']:.4f} Recall@10 {result.best_valid['recall@10']:.4f}")
+    if result.privacy:
+        click.echo(f"DP-SGD: epsilon {result.privacy['epsilon']:.3f} spent (delta {result.privacy['delta']:g}, "
+                   f"noise multiplier {result.privacy['noise_multiplier']}, {result.privacy['steps']} steps)")
     record = {"trained_on": s, "continued_from": str(init) if init else None, "train_config": config_dict(cfg), "history": result.history,
-              "best_epoch": result.best_epoch, "valid": result.best_valid, "train_seconds": round(result.seconds, 1)}
+              "best_epoch": result.best_epoch, "valid": result.best_valid, "train_seconds": round(result.seconds, 1),
+              "privacy": result.privacy}
     save_artifact(result.model, out, text_model_version=text_version, record=record,
                   kinds_seen=data.kinds_seen(), uses_time=data.has_clock())
     if export:
