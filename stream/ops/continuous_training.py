@@ -40,7 +40,7 @@ class LearnState:
         self.offsets: dict[int, int] = {}
         self.forgotten: set[str] = set()
 
-    def load(self) -> "LearnState":
+    def load(self) -> LearnState:
         cp = self.folder / "checkpoint.json"
         if cp.is_file():
             self.offsets = {int(p): int(o) for p, o in json.loads(cp.read_text())["offsets"].items()}
@@ -238,7 +238,12 @@ def _train_and_compare(settings: Settings, events: list[dict], default, registry
                        threads: int, progress: bool) -> dict:
     import torch
 
-    from engines.session_model import load_session_encoder, load_torch_model, read_manifest, save_artifact
+    from engines.session_model import (
+        load_session_encoder,
+        load_torch_model,
+        read_manifest,
+        save_artifact,
+    )
     from learn.data import events_to_interactions
     from learn.evaluate import Pooling, TrainedEncoder, evaluate
     from learn.split import leave_one_out

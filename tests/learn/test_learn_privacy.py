@@ -5,10 +5,10 @@ mechanism (opacus wrapping, Poisson batches, the accountant), not the quality.
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
-
-pytest.importorskip("opacus", reason="DP training needs the privacy extra (opacus)")
 
 
 def synthetic(n_items: int = 40, n_users: int = 240, dim: int = 16, seed: int = 0):
@@ -28,6 +28,7 @@ def synthetic(n_items: int = 40, n_users: int = 240, dim: int = 16, seed: int = 
 
 
 def test_dp_training_reports_the_epsilon_it_spent(tmp_path):
+    pytest.importorskip("opacus", reason="DP training needs the privacy extra (opacus)")
     import torch
 
     from engines.session_model import read_manifest, save_artifact
@@ -55,3 +56,15 @@ def test_dp_refuses_in_batch_negatives():
 
     with pytest.raises(ValueError, match="negatives full"):
         TrainConfig(dp_epsilon=1.0, negatives="inbatch").validate()
+
+
+def test_without_opacus_the_error_names_the_privacy_extra(monkeypatch):
+    from engines.errors import MissingExtraError
+    from learn.split import leave_one_out
+    from learn.train import TrainConfig, train
+
+    monkeypatch.setitem(sys.modules, "opacus", None)         # as if the extra were not installed
+    data, vecs = synthetic(n_users=20)
+    cfg = TrainConfig(d_model=16, layers=1, heads=2, ffn=32, item_hidden=32, max_len=8, epochs=1, dp_epsilon=1.0)
+    with pytest.raises(MissingExtraError, match=r"shopstream\[privacy\]"):
+        train(data, vecs, leave_one_out(data), cfg, progress=False)

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from stream.core.online_stats import HitRate
-from stream.ops.models import ModelRecord, latest, now_iso
+from stream.ops.models import ModelRecord, now_iso
 from tests.conftest import run
 from tests.kafka_io import produce_raw
 
@@ -82,7 +82,8 @@ def _outcomes(version: str, served: int, hits: int, prefix: str) -> tuple[list, 
 
 
 @pytest.mark.parametrize("cand_hits,expected", [(40, "withdrawn"), (130, "default")])
-def test_decide_reads_the_topics_and_announces_its_decision(settings_factory, cand_hits, expected):
+def test_decide_reads_the_topics_and_announces_its_decision(settings_factory, monkeypatch, capsys, cand_hits,
+                                                            expected):
     from stream.ops.model_log import announce, read_models
     from stream.ops.promotion import decide
 
@@ -107,3 +108,15 @@ def test_decide_reads_the_topics_and_announces_its_decision(settings_factory, ca
     assert now[default.version].state == ("retired" if expected == "default" else "default")
     # nothing left to decide: a second call writes nothing
     assert run(decide(settings, alpha=0.01, min_served=500)) == []
+
+    # shopstream models lists both versions with their state and online figures
+    from stream.cli import main
+
+    monkeypatch.setenv("SHOPSTREAM_MODELS_TOPIC", settings.models_topic)
+    main(["models", "--broker", settings.broker])
+    table = capsys.readouterr().out
+    row = next(line for line in table.splitlines() if line.startswith(candidate.version))
+    assert expected in row and "(800)" in row
+    main(["models", "--broker", settings.broker, "--json"])
+    listed = {r["version"]: r for r in orjson.loads(capsys.readouterr().out)}
+    assert listed[candidate.version]["state"] == expected and listed[default.version]["artifact"] == "/r/1/model"
