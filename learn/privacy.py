@@ -28,6 +28,7 @@ reported is the one spent by every step taken, from opacus' accountant.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 from engines.errors import MissingExtraError
@@ -67,7 +68,8 @@ class PrivateRun:
         return out
 
     def spent(self) -> dict:
-        eps = float(self.engine.accountant.get_epsilon(delta=self.delta))
+        noisy = float(self.optimizer.noise_multiplier) > 0
+        eps = float(self.engine.accountant.get_epsilon(delta=self.delta)) if noisy else math.inf
         return {"epsilon": round(eps, 4), "delta": self.delta, "target_epsilon": self.target_epsilon,
                 "noise_multiplier": round(float(self.optimizer.noise_multiplier), 4),
                 "max_grad_norm": self.max_grad_norm, "sample_rate": round(float(self.loader.sample_rate), 6),
@@ -117,10 +119,18 @@ def make_private(model, optimizer, n_examples: int, cfg) -> PrivateRun:
                         generator=torch.Generator().manual_seed(cfg.seed))
     engine = PrivacyEngine(accountant=ACCOUNTANT, secure_mode=False)
     generator = torch.Generator().manual_seed(cfg.seed + 1)
-    module, opt, dp_loader = engine.make_private_with_epsilon(
-        module=model, optimizer=optimizer, data_loader=loader, target_epsilon=cfg.dp_epsilon,
-        target_delta=cfg.dp_delta, epochs=cfg.epochs, max_grad_norm=cfg.dp_max_grad_norm,
-        loss_reduction="mean", poisson_sampling=True, noise_generator=generator)
+    if math.isinf(cfg.dp_epsilon):
+        # no noise: the mechanism's other costs alone (frozen item tower, clipping, Poisson batches),
+        # the reference the DP runs are measured against; nothing private about it
+        module, opt, dp_loader = engine.make_private(
+            module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=0.0,
+            max_grad_norm=cfg.dp_max_grad_norm, loss_reduction="mean", poisson_sampling=True,
+            noise_generator=generator)
+    else:
+        module, opt, dp_loader = engine.make_private_with_epsilon(
+            module=model, optimizer=optimizer, data_loader=loader, target_epsilon=cfg.dp_epsilon,
+            target_delta=cfg.dp_delta, epochs=cfg.epochs, max_grad_norm=cfg.dp_max_grad_norm,
+            loss_reduction="mean", poisson_sampling=True, noise_generator=generator)
     log.info("DP-SGD: target epsilon %.3g delta %.1e over %d epochs: noise multiplier %.3f, clip %.2f, "
              "sample rate %.4f", cfg.dp_epsilon, cfg.dp_delta, cfg.epochs, opt.noise_multiplier,
              cfg.dp_max_grad_norm, dp_loader.sample_rate)
