@@ -1,6 +1,7 @@
 """The trained session encoder at serving time: load an artifact, embed sessions, map titles to
-product vectors. ``stream.live.services`` calls :func:`load_session_encoder` when
-``SHOPSTREAM_SESSION_ENCODER`` names an artifact; ``shopstream train`` writes artifacts.
+product vectors. ``stream.live.services`` calls :func:`load_session_encoder` for the artifact
+``SHOPSTREAM_SESSION_ENCODER`` names (by default the one shipped in ``stream/data``);
+``shopstream train`` writes artifacts. The backend runners live in ``engines/backends/session_*.py``.
 
 An artifact is a folder::
 
@@ -8,6 +9,7 @@ An artifact is a folder::
     weights.pt                  PyTorch state dict (the reference backend)
     session_encoder.onnx        the user tower (fp32); .fp16.onnx and .int8.onnx variants optional
     item_tower.onnx             text vector -> product vector (absent when there is no item tower)
+    item_ids.txt                with id vectors: the product id of each learned row
 
 Products keep text-derived vectors: with an item tower the index must be built from
 :func:`item_vectors` of the title vectors (``item_space`` in the manifest says so); without one the
@@ -34,6 +36,7 @@ WEIGHTS = "weights.pt"
 ONNX_FILES = {"fp32": "session_encoder.onnx", "fp16": "session_encoder.fp16.onnx",
               "int8": "session_encoder.int8.onnx"}
 ITEM_TOWER_ONNX = "item_tower.onnx"
+ITEM_IDS = "item_ids.txt"      # with id vectors: the product id of each learned row, one a line
 
 
 def read_manifest(folder: str | Path) -> dict:
@@ -51,7 +54,8 @@ def read_manifest(folder: str | Path) -> dict:
 
 
 def save_artifact(model, out_dir: str | Path, *, text_model_version: str, record: dict,
-                  kinds_seen: Sequence[str] = (), uses_time: bool = False) -> Path:
+                  kinds_seen: Sequence[str] = (), uses_time: bool = False,
+                  item_ids: Sequence[str] | None = None) -> Path:
     """Write ``weights.pt`` and ``manifest.json``; the model version hashes the weights.
 
     ``kinds_seen`` (most frequent first) and ``uses_time`` say what the training events had; at
@@ -67,6 +71,10 @@ def save_artifact(model, out_dir: str | Path, *, text_model_version: str, record
     torch.save(model.state_dict(), buf)
     raw = buf.getvalue()
     (out_dir / WEIGHTS).write_bytes(raw)
+    if model.cfg.item_ids:
+        if item_ids is None or len(item_ids) < model.cfg.item_ids:
+            raise ArtifactError(f"a model with {model.cfg.item_ids} id vectors needs that many product ids")
+        (out_dir / ITEM_IDS).write_text("".join(f"{pid}\n" for pid in item_ids[:model.cfg.item_ids]), encoding="utf-8")
     version = "session-tf-" + hashlib.sha256(raw).hexdigest()[:12]
     manifest = {"format": FORMAT, "kind": "session-encoder", "model_version": version,
                 "text_model_version": text_model_version, "dim": model.cfg.text_dim,
@@ -157,6 +165,7 @@ class TrainedSessionEncoder:
         self.runner = None
         self._torch = None
         self._ort_items = None
+        self._id_rows = None
 
     def load(self) -> "TrainedSessionEncoder":
         from engines.registry import session_backend_class
@@ -176,6 +185,10 @@ class TrainedSessionEncoder:
 
             torch.set_num_threads(self.threads)
         self._torch = load_torch_model(self.folder)     # the reference, and the item tower without ONNX
+        self._id_rows = None
+        if m["config"].get("item_ids"):
+            ids = (self.folder / ITEM_IDS).read_text(encoding="utf-8").splitlines()
+            self._id_rows = {pid: i for i, pid in enumerate(ids)}
         if self.item_space == "item-tower" and (self.folder / ITEM_TOWER_ONNX).is_file():
             try:
                 self._ort_items = _ort_session(self.folder / ITEM_TOWER_ONNX, self.threads)
@@ -193,9 +206,21 @@ class TrainedSessionEncoder:
         self.runner = None
 
     # -- product space -----------------------------------------------------------------------
-    def item_vectors(self, text_vectors: np.ndarray, batch_size: int = 8192) -> np.ndarray:
-        """Index vectors of products (or queries) from their title (or query) text vectors."""
+    def item_vectors(self, text_vectors: np.ndarray, batch_size: int = 8192,
+                     item_ids: Sequence[str | None] | None = None) -> np.ndarray:
+        """Index vectors of products (or queries) from their title (or query) text vectors.
+
+        A model with id vectors adds each product's own where ``item_ids`` names one seen in
+        training; a product added later (or no ids given) gets its vector from its title alone."""
         text_vectors = np.ascontiguousarray(text_vectors, dtype=np.float32)
+        if self._id_rows is not None and item_ids is not None:
+            import torch
+
+            rows = np.array([self._id_rows.get(p, -1) if p is not None else -1 for p in item_ids], dtype=np.int64)
+            if len(rows) != len(text_vectors):
+                raise ValueError(f"{len(item_ids)} item ids for {len(text_vectors)} vectors")
+            with torch.inference_mode():
+                return self._torch.items(torch.from_numpy(text_vectors), torch.from_numpy(rows)).numpy()
         if self.item_space != "item-tower":
             norms = np.linalg.norm(text_vectors, axis=1, keepdims=True)
             return (text_vectors / np.maximum(norms, 1e-12)).astype(np.float32)

@@ -53,6 +53,7 @@ class ModelConfig:
     dropout: float = 0.2
     item_tower: bool = True
     item_hidden: int = 512
+    item_ids: int = 0          # products with a learned id vector next to their title's (0: none)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -69,8 +70,11 @@ class ItemTower(nn.Module):
         nn.init.zeros_(self.fc2.weight)
         nn.init.zeros_(self.fc2.bias)
 
+    def raw(self, t: torch.Tensor) -> torch.Tensor:
+        return t + self.fc2(self.drop(F.gelu(self.fc1(t))))
+
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return F.normalize(t + self.fc2(self.drop(F.gelu(self.fc1(t)))), dim=-1)
+        return F.normalize(self.raw(t), dim=-1)
 
 
 class Block(nn.Module):
@@ -131,10 +135,20 @@ class SessionTransformer(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(20.0)))
+        # an id vector per product seen in training, added to the title's (zero at the start, so
+        # training starts from the text space); a product without one is its title alone
+        self.id_emb = nn.Embedding(cfg.item_ids, cfg.text_dim) if cfg.item_ids else None
+        if self.id_emb is not None:
+            nn.init.zeros_(self.id_emb.weight)
 
-    def items(self, text_vectors: torch.Tensor) -> torch.Tensor:
-        """Index vectors of products (or queries) from their text vectors."""
-        return self.item_tower(text_vectors) if self.item_tower is not None else F.normalize(text_vectors, dim=-1)
+    def items(self, text_vectors: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Index vectors of products (or queries) from their text vectors, plus their id vectors
+        where ``ids`` (training item indices, -1 for none) name products seen in training."""
+        raw = self.item_tower.raw(text_vectors) if self.item_tower is not None else text_vectors
+        if self.id_emb is not None and ids is not None:
+            known = (ids >= 0) & (ids < self.cfg.item_ids)
+            raw = raw + torch.where(known[:, None], self.id_emb(ids.clamp(0, self.cfg.item_ids - 1)), 0.0)
+        return F.normalize(raw, dim=-1)
 
     def _inputs(self, vectors: torch.Tensor, kinds: torch.Tensor, gaps: torch.Tensor):
         """Event embeddings ``(B, L, d)`` and the causal, padding-masked attention bias."""

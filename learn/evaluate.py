@@ -138,10 +138,15 @@ def to_sessions(inputs: list[UserSequence], space: np.ndarray, *, keep_nan: bool
 class TrainedEncoder:
     """A :class:`engines.session.SessionEncoder` with its product space (``item_vectors``)."""
 
-    def __init__(self, encoder, text_vecs: np.ndarray, n_items: int, name: str | None = None) -> None:
+    def __init__(self, encoder, text_vecs: np.ndarray, n_items: int, name: str | None = None,
+                 item_ids: Sequence[str] | None = None) -> None:
         self.encoder = encoder
         self.n_items = n_items
-        self.space = encoder.item_vectors(text_vecs)          # products and queries in index space
+        if item_ids is not None:      # a model with id vectors adds them to the products it knows
+            ids = list(item_ids) + [None] * (len(text_vecs) - len(item_ids))
+            self.space = encoder.item_vectors(text_vecs, item_ids=ids)
+        else:
+            self.space = encoder.item_vectors(text_vecs)      # products and queries in index space
         self.name = name or encoder.name
         # the live pipeline hands the encoder index vectors for products and text vectors for queries
         self._inputs = self.space.copy()

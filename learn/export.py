@@ -127,7 +127,7 @@ def ranking_check(folder: str | Path, data, text_vecs: np.ndarray, *, threads: i
         if not (folder / name).is_file():
             continue
         enc = load_session_encoder(folder, backend="onnxruntime", precision=precision, threads=threads)
-        row = evaluate([TrainedEncoder(enc, text_vecs, data.n_items, name=precision)], data, fold,
+        row = evaluate([TrainedEncoder(enc, text_vecs, data.n_items, name=precision, item_ids=data.item_ids)], data, fold,
                        progress=False)[precision]
         out[precision] = {k: round(float(row[k]), 5) for k in ("ndcg@10", "recall@10", "ndcg@20", "recall@20")}
     if write:

@@ -13,6 +13,7 @@ per-shopper terms:
   shoppers together (its input's first dimension is the catalogue, not the batch). It keeps the
   weights it started from (the serving model's in a warm start; the identity from scratch), so
   the product space is not learned from private data at all;
+* product id vectors (``id_emb``, when the model has them), for the same reason;
 * ``logit_scale`` (a bare parameter opacus has no per-sample rule for).
 
 Every other layer is a ``Linear``, ``Embedding`` or ``LayerNorm`` (the attention is written out
@@ -74,7 +75,7 @@ class PrivateRun:
                 "noise_multiplier": round(float(self.optimizer.noise_multiplier), 4),
                 "max_grad_norm": self.max_grad_norm, "sample_rate": round(float(self.loader.sample_rate), 6),
                 "steps": int(sum(h[-1] for h in self.engine.accountant.history)), "accountant": ACCOUNTANT, "unit": "shopper",
-                "frozen": ["item_tower", "logit_scale"]}
+                "frozen": ["item_tower", "id_emb", "logit_scale"]}
 
     def close(self) -> None:
         """Take opacus' hooks and per-sample gradients off the model."""
@@ -110,8 +111,9 @@ def make_private(model, optimizer, n_examples: int, cfg) -> PrivateRun:
     from opacus import PrivacyEngine
     from torch.utils.data import DataLoader
 
-    if model.item_tower is not None:
-        model.item_tower.requires_grad_(False)
+    for shared in (model.item_tower, getattr(model, "id_emb", None)):
+        if shared is not None:
+            shared.requires_grad_(False)
     model.logit_scale.requires_grad_(False)
     # the seed fixes which shoppers each Poisson batch draws and the noise (secure_mode off: the
     # noise comes from torch's generator, fine for measuring, not for a cryptographic guarantee)

@@ -57,7 +57,7 @@ def run_evaluation(data: Interactions, text_vecs: np.ndarray, *, models: Sequenc
         # a folder is its fp32 reference (on the backend auto picks); an .onnx file names its precision
         enc = load_session_encoder(path, threads=threads,
                                    **({} if Path(path).suffix == ".onnx" else {"precision": "fp32"}))
-        methods.append(TrainedEncoder(enc, text_vecs, n, name=model_label(path)))
+        methods.append(TrainedEncoder(enc, text_vecs, n, name=model_label(path), item_ids=data.item_ids))
     t0 = time.perf_counter()
     results = evaluate(methods, data, f, progress=progress)
     return {"dataset": data.summary(), "fold": fold, "users": len(f), "dropped_users": split.dropped_users,

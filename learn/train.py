@@ -32,6 +32,7 @@ class TrainConfig:
     dropout: float = 0.2
     item_tower: bool = True
     item_hidden: int = 512
+    id_embeddings: bool = False      # an id vector per training product next to its title's
     lr: float = 1e-3
     lr_schedule: str = "constant"    # "constant" | "cosine" (to 0 over ``epochs``)
     clip_norm: float = 1.0
@@ -50,12 +51,13 @@ class TrainConfig:
     dp_delta: float = 1e-5
     dp_max_grad_norm: float = 1.0    # per-shopper gradient clip under DP
 
-    def model_config(self, text_dim: int):
+    def model_config(self, text_dim: int, n_items: int = 0):
         from engines.session_network import ModelConfig
 
         return ModelConfig(text_dim=text_dim, d_model=self.d_model, layers=self.layers, heads=self.heads,
                            ffn=self.ffn, max_len=self.max_len, dropout=self.dropout,
-                           item_tower=self.item_tower, item_hidden=self.item_hidden)
+                           item_tower=self.item_tower, item_hidden=self.item_hidden,
+                           item_ids=n_items if self.id_embeddings else 0)
 
     def validate(self) -> None:
         if self.lr_schedule not in ("constant", "cosine"):
@@ -148,13 +150,14 @@ def train(data: Interactions, text_vecs: np.ndarray, split: Split, cfg: TrainCon
     rng = np.random.default_rng(cfg.seed)
     device = torch.device(cfg.device)
     n_items = data.n_items
-    model = SessionTransformer(cfg.model_config(text_vecs.shape[1]))
+    model = SessionTransformer(cfg.model_config(text_vecs.shape[1], data.n_items))
     if init is not None:
         if init.cfg != model.cfg:
             raise ValueError(f"cannot continue from a model with another configuration: {init.cfg}")
         model.load_state_dict(init.state_dict())
     model = model.to(device)
     texts = torch.from_numpy(np.ascontiguousarray(text_vecs, dtype=np.float32)).to(device)
+    token_ids = torch.arange(len(text_vecs), device=device)      # items first: a text's index is its id
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     examples = training_examples(split.train, cfg.max_len)
     if not examples:
@@ -167,7 +170,7 @@ def train(data: Interactions, text_vecs: np.ndarray, split: Split, cfg: TrainCon
         private = make_private(model, opt, len(examples), cfg)   # freezes the item tower and logit_scale
         opt = private.optimizer
         with torch.no_grad():
-            frozen_space = model.items(texts)
+            frozen_space = model.items(texts, token_ids)
     steps = cfg.epochs * len(_batches(examples, cfg.batch_size, np.random.default_rng(0)))
     sched = None
     if cfg.lr_schedule == "cosine":
@@ -186,7 +189,7 @@ def train(data: Interactions, text_vecs: np.ndarray, split: Split, cfg: TrainCon
         for idx in it:
             tok, kin, gap, labels = (torch.from_numpy(a).to(device) for a in _collate(examples, idx, cfg.max_len))
             # every product and query, index space
-            space = frozen_space if private is not None else model.items(texts)
+            space = frozen_space if private is not None else model.items(texts, token_ids)
             vecs = torch.where((tok >= 0)[..., None], space[tok.clamp(min=0)], 0.0)
             users = model.encode(vecs, kin, gap)
             keep = labels >= 0
@@ -265,7 +268,8 @@ class _torch_method:
         with torch.no_grad():
             if self._space is None:
                 self.model.eval()
-                self._space = self.model.items(self.texts)
+                ids = torch.arange(len(self.texts), device=self.texts.device)
+                self._space = self.model.items(self.texts, ids)
             tok, kin, gap = (torch.from_numpy(a).to(self.texts.device) for a in
                              pack([s.tokens for s in inputs], [s.kinds for s in inputs], [s.times for s in inputs],
                                   self.max_len))

@@ -76,6 +76,24 @@ def register(cli: click.Group) -> None:
                                                        "demo stream (all searches)": demo})
         emit(result, as_json, lambda r: click.echo(format_table(r)))
 
+    @bench.command("session")
+    @click.option("--backend", "backends", multiple=True,
+                  help="backend[/precision], repeatable (default: auto, onnxruntime fp32 and int8, torch).")
+    @click.option("--batch", "batches", multiple=True, type=click.IntRange(min=1),
+                  help="Worker batch sizes (default 1, 16, 64, 256).")
+    @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: all).")
+    @click.option("--min-time", type=click.FloatRange(min=0.05), default=1.0, show_default=True)
+    @click.option("--json", "as_json", is_flag=True)
+    def session(backends, batches, threads, min_time, as_json) -> None:
+        """The session encoder (SHOPSTREAM_SESSION_ENCODER, default the shipped one): ms per worker batch."""
+        from stream.settings import Settings
+        from stream.tools.bench_session import render, run_session_bench
+
+        pairs = [tuple((b + "/auto").split("/")[:2]) for b in backends]
+        result = run_session_bench(Settings.from_env(), backends=pairs, batches=batches, threads=threads,
+                                   min_time_s=min_time)
+        emit(result, as_json, lambda r: click.echo(render(r)))
+
     @bench.command("index")
     @click.option("--items", type=click.IntRange(min=1000), default=100_000, show_default=True)
     @click.option("--dim", type=click.IntRange(min=8), default=384, show_default=True)

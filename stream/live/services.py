@@ -119,6 +119,9 @@ def load_session_encoder(settings: Settings, dim: int):
     from engines.session_model import load_session_encoder as load_trained
 
     encoder = load_trained(path, settings.session_backend)
+    if encoder.manifest.get("config", {}).get("item_ids"):
+        log.warning("%s has id vectors; the live index is built from titles alone, so every product serves "
+                    "as a product unseen in training (see docs/quality.md)", path)
     if encoder.dim != dim:
         raise ConfigError(f"session encoder {path} makes {encoder.dim}-d vectors; the text encoder makes {dim}-d")
     return encoder

@@ -263,7 +263,11 @@ def _train_and_compare(settings: Settings, events: list[dict], default, registry
     vecs, text_version = text_vectors_for(data, settings, progress=progress)
     base = serving_artifact(settings, default)
     init = load_torch_model(base) if base is not None else None
-    arch = {k: v for k, v in (init.cfg.to_dict() if init is not None else {}).items() if k != "text_dim"}
+    arch = {k: v for k, v in (init.cfg.to_dict() if init is not None else {}).items() if k not in ("text_dim", "item_ids")}
+    if init is not None and getattr(init.cfg, "item_ids", 0):
+        # id vectors are numbered by the training catalogue of that model; this window's differs
+        out["reason"] = f"the serving model {base} has product id vectors: a warm start needs a title-only model"
+        return out
     cfg = TrainConfig(**arch, epochs=settings.learn_epochs, patience=settings.learn_epochs, lr=1e-3,
                       max_minutes=settings.learn_max_minutes, threads=threads, seed=0,
                       dp_epsilon=settings.dp_epsilon or None, dp_delta=settings.dp_delta)

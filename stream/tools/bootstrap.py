@@ -60,7 +60,9 @@ def ensure_index(settings: Settings, echo=log.info) -> Settings:
     from stream.live.services import load_product_encoder
 
     built_for = read_manifest(settings.resolved_index_path).get("model_version")
-    wanted = load_product_encoder(settings).model_version
+    products = load_product_encoder(settings)
+    wanted = products.model_version
+    products.text.close()
     if built_for != wanted and settings.index_path is not None:
         from stream.errors import ConfigError
 

@@ -29,8 +29,9 @@ def start_worker_process(settings: Settings, log_path: Path, extra_env: dict | N
     env = dict(os.environ, SHOPSTREAM_BROKER=settings.broker, SHOPSTREAM_APP_ID=settings.app_id,
                SHOPSTREAM_PARTITIONS=str(settings.partitions), SHOPSTREAM_PARTITIONER=settings.partitioner,
                SHOPSTREAM_WEB_PORT=str(settings.web_port),
-               SHOPSTREAM_DATA_DIR=str(settings.data_dir), SHOPSTREAM_SESSION_ENCODER=str(settings.session_encoder),
-               PYTHONUNBUFFERED="1", **(extra_env or {}))
+               SHOPSTREAM_DATA_DIR=str(settings.data_dir), PYTHONUNBUFFERED="1")
+    env["SHOPSTREAM_SESSION_ENCODER"] = str(settings.session_encoder)
+    env.update(extra_env or {})
     if settings.index_path:
         env["SHOPSTREAM_INDEX_PATH"] = str(settings.index_path)
     if settings.encoder_artifact:

@@ -166,3 +166,17 @@ def test_serving_forward_equals_the_training_encoder_at_the_newest_event(artifac
     vecs, kinds, gaps = example_inputs(384, batch=6, length=9, seed=3)
     with torch.no_grad():
         assert torch.allclose(model(vecs, kinds, gaps), model.encode(vecs, kinds, gaps)[:, -1], atol=1e-6)
+
+
+def test_length_groups_give_the_same_embeddings_as_one_padded_run(artifact):
+    from engines.backends.session_onnxruntime import run_by_length
+    from engines.session_model import load_session_encoder
+
+    enc = load_session_encoder(artifact, "onnxruntime", precision="fp32")
+    s, _ = sessions(120, seed=7)
+    live, vecs, kinds, gaps = enc.pack(s)
+    one = enc.runner._run(vecs, kinds, gaps)
+    calls = []
+    grouped = run_by_length(lambda *a: calls.append(a[1].shape) or enc.runner._run(*a), vecs, kinds, gaps)
+    assert len(calls) > 1 and all(c[1] <= kinds.shape[1] for c in calls)
+    assert np.abs(grouped - one).max() < 1e-5

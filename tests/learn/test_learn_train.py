@@ -129,3 +129,31 @@ def test_short_training_beats_last_item_knn_on_a_small_slice(text_encoder):
     method = _torch_method(result.model, torch.from_numpy(vecs), data.n_items, cfg.max_len)
     report = evaluate([LastItemKNN(vecs, data.n_items), method], data, split.test, progress=False)
     assert report["trained"]["ndcg@10"] > report["last-item-knn"]["ndcg@10"] * 1.05, report
+
+
+def test_id_plus_text_model_serves_a_product_added_after_training(tmp_path, slice_data):
+    """With id vectors, a product seen in training gets title + id; one added later, its title alone."""
+    pytest.importorskip("onnxruntime")
+    from engines.session import SessionSequence
+    from engines.session_model import load_session_encoder, save_artifact
+    from learn.export import export_session_encoder
+    from learn.split import leave_one_out
+    from learn.train import TrainConfig, train
+
+    data, vecs = slice_data
+    split = leave_one_out(data)
+    cfg = TrainConfig(d_model=32, layers=1, heads=2, ffn=64, item_hidden=64, batch_size=128, lr=3e-3,
+                      epochs=2, patience=2, seed=0, threads=2, id_embeddings=True)
+    result = train(data, vecs, split, cfg, progress=False)
+    art = save_artifact(result.model, tmp_path / "ids", text_model_version="t", record={}, item_ids=data.item_ids)
+    export_session_encoder(art, precisions=("fp32",))
+    enc = load_session_encoder(art)
+    known = enc.item_vectors(vecs[:5], item_ids=data.item_ids[:5])
+    titles = enc.item_vectors(vecs[:5])
+    assert np.abs(known - titles).max() > 1e-3, "trained id vectors move known products"
+    new = enc.item_vectors(vecs[:2], item_ids=["B-NEW-PRODUCT", data.item_ids[1]])
+    assert np.allclose(new[0], titles[0], atol=1e-5) and np.allclose(new[1], known[1], atol=1e-5)
+    now = 1.7e9
+    out = enc.embed([SessionSequence(np.stack([known[3], new[0]]), ["purchase", "view"], np.array([now - 60, now]))],
+                    [now])
+    assert np.linalg.norm(out[0]) == pytest.approx(1.0, abs=1e-5)
