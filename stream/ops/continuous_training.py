@@ -210,9 +210,11 @@ async def learn_once(settings: Settings, *, registry: Path | None = None, catalo
     try:
         summary.update(_train_and_compare(settings, kept, default, registry_path(settings, registry), catalog,
                                           threads=threads, progress=progress))
-    finally:
-        state.offsets = dict(w.ends)
-        state.save()          # forgotten shoppers are kept whatever happened to the training
+    except BaseException:
+        state.save()          # forgotten shoppers are kept whatever happened; the offsets stay for a retry
+        raise
+    state.offsets = dict(w.ends)
+    state.save()
     if summary.get("artifact"):
         record = ModelRecord(version=summary["version"], state="candidate", artifact=summary["artifact"],
                              index=summary["index"], share=settings.candidate_share, offline=summary["offline"],
