@@ -19,49 +19,20 @@ from stream.cli.options import kafka_options, path_option
 log = logging.getLogger(__name__)
 
 
-async def read_events_topic(settings, *, max_events: int = 0, idle_s: float = 5.0) -> list[dict]:
-    """Every valid event on the events topic up to its current end (invalid ones are skipped)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+async def read_events_topic(settings, *, max_events: int = 0) -> list[dict]:
+    """Every valid event on the events topic up to its current end (the newest ``max_events`` when
+    set), read like ``shopstream learn`` does: user ids as pseudonyms when a key is set, and every
+    shopper forgotten (forget requests on the topic, and those the learn state already holds) left out."""
+    from stream.ops.continuous_training import LearnState, TrainingIds, read_window
 
-    from stream.core.schema import EventValidator
-    from stream.errors import InvalidEvent
-
-    validator = EventValidator(max_bytes=settings.max_event_bytes, max_future_skew_s=float("inf"))
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
-                                auto_offset_reset="earliest", **settings.kafka_client_options())
-    await consumer.start()
-    events, bad = [], 0
-    try:
-        parts = [TopicPartition(settings.events_topic, p)
-                 for p in (consumer.partitions_for_topic(settings.events_topic) or await _partitions(consumer, settings))]
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        end = await consumer.end_offsets(parts)
-        remaining = {tp for tp in parts if end[tp] > 0}
-        while remaining:
-            batch = await consumer.getmany(timeout_ms=int(idle_s * 1000), max_records=5000)
-            if not batch:
-                log.warning("no events for %.0fs before the end offsets; stopping", idle_s)
-                break
-            for tp, msgs in batch.items():
-                for msg in msgs:
-                    try:
-                        events.append(validator.parse(msg.value, msg.key).to_dict())
-                    except InvalidEvent:
-                        bad += 1
-                    if msg.offset + 1 >= end[tp]:
-                        remaining.discard(tp)
-            if max_events and len(events) >= max_events:
-                break
-    finally:
-        await consumer.stop()
-    log.info("read %d events from %s (%d invalid skipped)", len(events), settings.events_topic, bad)
+    state = LearnState(Path(settings.data_dir) / "learn").load()
+    window = await read_window(settings.replace(learn_window_events=max_events or 2**62), state,
+                               TrainingIds(settings))
+    forgotten = state.forgotten | window.forgotten_tokens
+    events = [e for e in window.events if e.pop("_token") not in forgotten]
+    log.info("read %d events from %s (%d invalid skipped, %d of forgotten shoppers left out)", len(events),
+             settings.events_topic, window.invalid, len(window.events) - len(events))
     return events
-
-
-async def _partitions(consumer, settings) -> set[int]:
-    await consumer.client.force_metadata_update()
-    return consumer.partitions_for_topic(settings.events_topic) or set()
 
 
 def register(cli: click.Group) -> None:

@@ -93,3 +93,17 @@ def test_learn_once_declines_below_the_margin_and_then_waits_for_new_events(sett
 
     again = run(learn_once(settings, catalog=catalog))
     assert again["reason"] == "no new events since the last pass" and again["new_messages"] == 0
+
+
+def test_train_from_topic_reads_like_learn(settings_factory, small_catalog):
+    """`shopstream train-from-topic`'s reader: every valid event, forgotten shoppers left out."""
+    from stream.cli.train import read_events_topic
+    from stream.clients import request_forget
+
+    _, ids = small_catalog
+    settings = settings_factory()
+    run(produce_raw(settings, [keyed(e) for e in purchase_streams(ids, n_users=5)]))
+    run(request_forget(settings, "shopper-1"))
+    events = run(read_events_topic(settings))
+    assert len(events) == 4 * 6 and "shopper-1" not in {e["user_id"] for e in events}
+    assert len(run(read_events_topic(settings, max_events=10))) <= 10
