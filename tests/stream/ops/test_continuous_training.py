@@ -107,3 +107,15 @@ def test_train_from_topic_reads_like_learn(settings_factory, small_catalog):
     events = run(read_events_topic(settings))
     assert len(events) == 4 * 6 and "shopper-1" not in {e["user_id"] for e in events}
     assert len(run(read_events_topic(settings, max_events=10))) <= 10
+
+
+def test_learn_once_command_on_an_empty_topic(settings_factory, monkeypatch, capsys):
+    from stream.cli import main
+
+    settings = settings_factory()
+    for name in ("events_topic", "recommendations_topic", "models_topic", "app_id", "data_dir"):
+        monkeypatch.setenv(f"SHOPSTREAM_{name.upper()}", str(getattr(settings, name)))
+    main(["learn", "--once", "--broker", settings.broker, "--json"])
+    out = orjson.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["learn"]["announced"] is None and out["learn"]["reason"] == "no new events since the last pass"
+    assert out["decisions"] == []
