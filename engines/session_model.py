@@ -205,6 +205,11 @@ class TrainedSessionEncoder:
             self.runner.close()
         self.runner = None
 
+    @property
+    def has_id_vectors(self) -> bool:
+        """Whether products seen in training have a learned id vector next to their title's."""
+        return self._id_rows is not None
+
     # -- product space -----------------------------------------------------------------------
     def item_vectors(self, text_vectors: np.ndarray, batch_size: int = 8192,
                      item_ids: Sequence[str | None] | None = None) -> np.ndarray:
@@ -235,41 +240,42 @@ class TrainedSessionEncoder:
 
     # -- user embeddings ---------------------------------------------------------------------
     def pack(self, sessions: Sequence[SessionSequence]) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
-        """The live sessions' indices and their right-aligned ``(vectors, kinds, gaps)`` arrays."""
+        """The live sessions' indices and their right-aligned ``(vectors, kinds, gaps)`` arrays.
+
+        Written straight into the batch arrays (no per-session copies, no gather): on the GPU the
+        packing on the host, not the model, is most of a worker batch's session-encoder time."""
         from engines.session import KIND_CODES
-        from engines.session_network import pack
+        from engines.session_network import gap_codes
 
         live = [i for i, s in enumerate(sessions) if len(s)]
         if not live:
             return live, np.zeros((0, 1, self.dim), np.float32), np.zeros((0, 1), np.int64), np.zeros((0, 1), np.int64)
         fallback = self.kinds_seen[0] if self.kinds_seen else "view"
         known = set(self.kinds_seen) if self.kinds_seen else set(KIND_CODES)
-        rows, kinds, times, searches = [], [], [], []
-        for i in live:
+        codes = {k: KIND_CODES[k if k in known else fallback] for k in KIND_CODES}
+        other = KIND_CODES[fallback]
+        n = min(self.max_len, max(len(sessions[i]) for i in live))
+        vecs = np.zeros((len(live), n, self.dim), dtype=np.float32)
+        kinds = np.zeros((len(live), n), dtype=np.int64)
+        gaps = np.zeros((len(live), n), dtype=np.int64)
+        search_rows, search_cols = [], []
+        for b, i in enumerate(live):
             s = sessions[i]
-            is_search = np.array([x == "search" for x in s.kinds], dtype=bool)[-self.max_len:]
-            k = np.array([KIND_CODES[x if x in known else fallback] for x in s.kinds], dtype=np.int64)
-            v = np.asarray(s.vectors, dtype=np.float32)[-self.max_len:]
-            k, t = k[-self.max_len:], np.asarray(s.timestamps, dtype=np.float64)[-self.max_len - 1:]
-            if not self.uses_time:
-                t = np.full(len(t), np.nan)
-            rows.append(v)
-            kinds.append(k)
-            times.append(t)
-            searches.append(is_search)
-        flat = np.concatenate(rows)
-        if self.item_space == "item-tower":
-            is_search = np.concatenate(searches)
-            if is_search.any():          # every query of the batch through the tower at once
-                flat = flat.copy()
-                flat[is_search] = self.item_vectors(flat[is_search])
-        # pack wants token ids: number the rows, pack, then gather the vectors
-        offsets = np.cumsum([0] + [len(v) for v in rows])
-        # times keep one event more than the vectors, so the oldest kept event knows its gap
-        tok, kin, gap = pack([np.arange(offsets[j], offsets[j + 1]) for j in range(len(rows))], kinds,
-                             times, self.max_len)
-        vecs = np.where((tok >= 0)[..., None], flat[np.maximum(tok, 0)], 0.0).astype(np.float32)
-        return live, vecs, kin, gap
+            m = min(len(s), n)
+            vecs[b, n - m:] = s.vectors[-m:]
+            names = list(s.kinds)[-m:]
+            kinds[b, n - m:] = [codes.get(x, other) for x in names]
+            # times keep one event more than the vectors, so the oldest kept event knows its gap
+            t = np.asarray(s.timestamps, dtype=np.float64)[-m - 1:]
+            gaps[b, n - m:] = gap_codes(t if self.uses_time else np.full(len(t), np.nan))[-m:]
+            for j, x in enumerate(names):
+                if x == "search":
+                    search_rows.append(b)
+                    search_cols.append(n - m + j)
+        if search_rows and self.item_space == "item-tower":
+            # every query of the batch through the item tower at once, as titles were for the index
+            vecs[search_rows, search_cols] = self.item_vectors(vecs[search_rows, search_cols])
+        return live, vecs, kinds, gaps
 
     def embed(self, sessions: Sequence[SessionSequence], now: Sequence[float]) -> np.ndarray:
         self._require()

@@ -58,6 +58,8 @@ def run_evaluation(data: Interactions, text_vecs: np.ndarray, *, models: Sequenc
         enc = load_session_encoder(path, threads=threads,
                                    **({} if Path(path).suffix == ".onnx" else {"precision": "fp32"}))
         methods.append(TrainedEncoder(enc, text_vecs, n, name=model_label(path), item_ids=data.item_ids))
+        if enc.has_id_vectors:      # the same model with every product as if unseen: titles alone
+            methods.append(TrainedEncoder(enc, text_vecs, n, name=model_label(path) + ":titles-only"))
     t0 = time.perf_counter()
     results = evaluate(methods, data, f, progress=progress)
     return {"dataset": data.summary(), "fold": fold, "users": len(f), "dropped_users": split.dropped_users,

@@ -24,11 +24,12 @@ def register(cli: click.Group) -> None:
     @click.option("--catalog-offset", type=click.IntRange(min=0), default=None,
                   help="The catalogue file already holds the catalog topic's updates before this offset; "
                        "workers that load the snapshot apply only the later ones.")
-    @path_option("--session-encoder", default=None,
-                 help="A trained session encoder (shopstream train) whose item tower makes the product vectors; "
-                      "the worker must run the same one (default SHOPSTREAM_SESSION_ENCODER).")
+    @click.option("--session-encoder", default=None,
+                  help="default (the shipped model), pooling (plain title vectors) or a trained artifact folder, "
+                       "whose item tower makes the product vectors; the worker must run the same one "
+                       "(default SHOPSTREAM_SESSION_ENCODER, itself 'default').")
     def build(catalog: Path | None, out: Path | None, encoder_backend: str | None, index_kind: str | None,
-              catalog_offset: int | None, session_encoder: Path | None) -> None:
+              catalog_offset: int | None, session_encoder: str | None) -> None:
         """Embed every product and write a snapshot the worker loads (a running worker swaps to it)."""
         from index import read_manifest
         from stream.settings import Settings

@@ -180,3 +180,48 @@ def test_length_groups_give_the_same_embeddings_as_one_padded_run(artifact):
     grouped = run_by_length(lambda *a: calls.append(a[1].shape) or enc.runner._run(*a), vecs, kinds, gaps)
     assert len(calls) > 1 and all(c[1] <= kinds.shape[1] for c in calls)
     assert np.abs(grouped - one).max() < 1e-5
+
+
+def _pack_reference(enc, sessions):
+    """The packing as first written: per-session arrays, then engines.session_network.pack."""
+    from engines.session import KIND_CODES
+    from engines.session_network import pack
+
+    live = [i for i, s in enumerate(sessions) if len(s)]
+    fallback = enc.kinds_seen[0] if enc.kinds_seen else "view"
+    known = set(enc.kinds_seen) if enc.kinds_seen else set(KIND_CODES)
+    rows, kinds, times, searches = [], [], [], []
+    for i in live:
+        s = sessions[i]
+        searches.append(np.array([x == "search" for x in s.kinds], dtype=bool)[-enc.max_len:])
+        k = np.array([KIND_CODES[x if x in known else fallback] for x in s.kinds], dtype=np.int64)[-enc.max_len:]
+        t = np.asarray(s.timestamps, dtype=np.float64)[-enc.max_len - 1:]
+        rows.append(np.asarray(s.vectors, dtype=np.float32)[-enc.max_len:])
+        kinds.append(k)
+        times.append(t if enc.uses_time else np.full(len(t), np.nan))
+    flat = np.concatenate(rows)
+    is_search = np.concatenate(searches)
+    if is_search.any():
+        flat[is_search] = enc.item_vectors(flat[is_search])
+    offsets = np.cumsum([0] + [len(v) for v in rows])
+    tok, kin, gap = pack([np.arange(offsets[j], offsets[j + 1]) for j in range(len(rows))], kinds, times, enc.max_len)
+    return live, np.where((tok >= 0)[..., None], flat[np.maximum(tok, 0)], 0.0).astype(np.float32), kin, gap
+
+
+@pytest.mark.parametrize("uses_time", [True, False])
+def test_packing_a_batch_matches_the_reference(artifact, tmp_path, uses_time):
+    import shutil
+
+    from engines.session_model import load_session_encoder
+
+    folder = tmp_path / "a"
+    shutil.copytree(artifact, folder)
+    m = json.loads((folder / "manifest.json").read_text())
+    m["uses_time"] = uses_time
+    (folder / "manifest.json").write_text(json.dumps(m))
+    enc = load_session_encoder(folder, "torch", precision="fp32")
+    s, _ = sessions(50, seed=11)          # 0..30 events, max_len 20: some are cut, one is empty
+    got, ref = enc.pack(s), _pack_reference(enc, s)
+    assert got[0] == ref[0]
+    for a, b in zip(got[1:], ref[1:]):
+        assert a.shape == b.shape and np.allclose(a, b, atol=1e-7)
