@@ -306,7 +306,7 @@ def _train_and_compare(settings: Settings, events: list[dict], default, registry
                          f"{gain:+.4f}, below the margin {settings.learn_margin}")
         return out
     version = read_manifest(staging / "model")["model_version"]
-    final = registry / version
+    final = (registry / version).resolve()     # workers elsewhere read the path from the models topic
     if final.exists():
         shutil.rmtree(final)
     staging.rename(final)
