@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-EXTRAS := broker,onnx,metrics,eval,dev
+EXTRAS := broker,onnx,metrics,eval,privacy,dev
 
 .PHONY: demo test install bench clean
 

@@ -156,7 +156,10 @@ class SessionTransformer(nn.Module):
         pad = kinds == 0
         # reverse positions: the newest event is position 0 whatever the length
         pos = torch.arange(n - 1, -1, -1, device=vectors.device).clamp(max=self.cfg.max_len - 1)
-        x = self.inp(vectors) + self.kind(kinds) + self.gap(gaps) + self.pos(pos)[None]
+        # in training every shopper gets their own row of positions: per-sample gradients (DP-SGD,
+        # learn.privacy) need a batch dimension on each layer's input; the served graph is unchanged
+        pos = pos.expand(vectors.shape[0], n) if self.training else pos[None]
+        x = self.inp(vectors) + self.kind(kinds) + self.gap(gaps) + self.pos(pos)
         x = self.drop(self.ln_in(x))
         causal = torch.ones(n, n, dtype=torch.bool, device=vectors.device).tril()
         allowed = causal[None, :, :] & ~pad[:, None, :]

@@ -47,6 +47,9 @@ class TrainConfig:
     threads: int = 2
     device: str = "cpu"
     max_minutes: float = 0.0         # 0: no time limit
+    dp_epsilon: float | None = None  # DP-SGD (learn.privacy, opacus): the run's target epsilon; None: off
+    dp_delta: float = 1e-5
+    dp_max_grad_norm: float = 1.0    # per-shopper gradient clip under DP
 
     def model_config(self, text_dim: int, n_items: int = 0):
         from engines.session_network import ModelConfig
@@ -66,6 +69,11 @@ class TrainConfig:
         for name in ("d_model", "layers", "heads", "max_len", "batch_size", "epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.dp_epsilon is not None:
+            if not self.dp_epsilon > 0 or not 0 < self.dp_delta < 1 or not self.dp_max_grad_norm > 0:
+                raise ValueError("DP needs epsilon > 0, 0 < delta < 1 and a positive max grad norm")
+            if self.negatives != "full":
+                raise ValueError("DP training needs --negatives full (in-batch negatives mix shoppers)")
 
 
 @dataclass
@@ -76,6 +84,7 @@ class TrainResult:
     best_epoch: int = 0
     best_valid: dict = field(default_factory=dict)
     seconds: float = 0.0
+    privacy: dict | None = None      # under DP: the (epsilon, delta) actually spent, noise, clip, steps
 
 
 def training_examples(train: list[UserSequence], max_len: int) -> list[UserSequence]:
@@ -154,6 +163,14 @@ def train(data: Interactions, text_vecs: np.ndarray, split: Split, cfg: TrainCon
     if not examples:
         raise ValueError("no training sequence has two events or more")
     hard = nearest_titles(text_vecs[:n_items], cfg.hard_pool) if cfg.hard_negatives else None
+    private = None
+    if cfg.dp_epsilon is not None:
+        from learn.privacy import make_private
+
+        private = make_private(model, opt, len(examples), cfg)   # freezes the item tower and logit_scale
+        opt = private.optimizer
+        with torch.no_grad():
+            frozen_space = model.items(texts, token_ids)
     steps = cfg.epochs * len(_batches(examples, cfg.batch_size, np.random.default_rng(0)))
     sched = None
     if cfg.lr_schedule == "cosine":
@@ -162,7 +179,7 @@ def train(data: Interactions, text_vecs: np.ndarray, split: Split, cfg: TrainCon
     best_state, bad, t0 = None, 0, time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
         model.train()
-        batches = _batches(examples, cfg.batch_size, rng)
+        batches = private.batches() if private is not None else _batches(examples, cfg.batch_size, rng)
         it = batches
         if progress:
             from tqdm import tqdm
@@ -171,7 +188,8 @@ def train(data: Interactions, text_vecs: np.ndarray, split: Split, cfg: TrainCon
         total, count = 0.0, 0
         for idx in it:
             tok, kin, gap, labels = (torch.from_numpy(a).to(device) for a in _collate(examples, idx, cfg.max_len))
-            space = model.items(texts, token_ids)            # every product and query, index space
+            # every product and query, index space
+            space = frozen_space if private is not None else model.items(texts, token_ids)
             vecs = torch.where((tok >= 0)[..., None], space[tok.clamp(min=0)], 0.0)
             users = model.encode(vecs, kin, gap)
             keep = labels >= 0
@@ -186,11 +204,17 @@ def train(data: Interactions, text_vecs: np.ndarray, split: Split, cfg: TrainCon
                 uniq, inverse = torch.unique(pool, return_inverse=True)
                 cand, target = space[uniq], inverse[:len(y)]
             logits = (u @ cand.T) * model.logit_scale.exp().clamp(max=100.0)
-            loss = F.cross_entropy(logits, target)
+            if private is None:
+                loss = F.cross_entropy(logits, target)
+            else:   # one shopper is one example: the sum over their positions, averaged over shoppers
+                loss = F.cross_entropy(logits, target, reduction="sum") / len(idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+            if private is None:       # under DP, opacus clips each shopper's gradient instead
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
             opt.step()
+            if private is not None:
+                loss = loss * len(idx) / max(len(y), 1)     # the per-position figure, for the log
             if sched is not None:
                 sched.step()
             total += float(loss.detach()) * len(y)
@@ -213,6 +237,14 @@ def train(data: Interactions, text_vecs: np.ndarray, split: Split, cfg: TrainCon
         if cfg.max_minutes and time.perf_counter() - t0 > 60 * cfg.max_minutes:
             log.warning("stopping after %.1f minutes (max_minutes)", (time.perf_counter() - t0) / 60)
             break
+    if private is not None:
+        result.privacy = private.spent()
+        private.close()
+        log.info("DP-SGD spent epsilon %.3f (delta %.1e) in %d steps", result.privacy["epsilon"],
+                 result.privacy["delta"], result.privacy["steps"])
+        model = result.model = SessionTransformer(model.cfg).to(device)   # a clean module, no opacus hooks
+        if best_state is None:
+            best_state = copy.deepcopy(private.module._module.state_dict())
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()

@@ -90,6 +90,16 @@ class Settings:
     feedback_horizon_events: int = 20        # a recommendation can earn a hit within this many later events
     feedback_horizon_s: float = 1800.0       # ... and this much event time
     follow_models: bool = True               # without variants: serve the models topic's default and candidate
+    # -- continuous training (`shopstream learn`, stream.ops.continuous_training) -------------------
+    learn_window_events: int = 200_000       # train on at most the newest this many events of the events topic
+    learn_window_s: float = 0.0              # and (when > 0) only those produced in the last this many seconds
+    learn_margin: float = 0.002              # announce only when held-out NDCG@10 beats the serving model by this
+    learn_epochs: int = 3                    # warm-started epochs per pass
+    learn_max_minutes: float = 10.0          # cap on one pass's training time
+    learn_min_users: int = 20                # fewer held-out shoppers than this: no decision, no model
+    candidate_share: float = 0.1             # share of shoppers an announced candidate serves
+    dp_epsilon: float = 0.0                  # > 0: train with DP-SGD (opacus) to this epsilon; 0: off
+    dp_delta: float = 1e-5
     # -- operations --------------------------------------------------------------------------------
     web_host: str = "127.0.0.1"
     web_port: int = 6066
@@ -140,6 +150,12 @@ class Settings:
         if self.session_backend not in ("auto", "torch", "onnxruntime", "torch-cuda", "tensorrt"):
             bad(f"session_backend must be one of auto, torch, onnxruntime, torch-cuda, tensorrt, "
                 f"got {self.session_backend!r}")
+        if not 0.0 <= self.candidate_share <= 1.0:
+            bad(f"candidate_share must be between 0 and 1, got {self.candidate_share}")
+        if self.learn_window_events < 1 or self.learn_window_s < 0 or self.learn_epochs < 1:
+            bad("learn_window_events and learn_epochs must be at least 1, learn_window_s not negative")
+        if self.dp_epsilon < 0 or not 0.0 < self.dp_delta < 1.0:
+            bad("dp_epsilon must not be negative (0: off) and dp_delta must be between 0 and 1")
         if self.log_format not in ("text", "json"):
             bad(f"log_format must be text or json, got {self.log_format!r}")
         if self.feedback_horizon_events < 1 or self.feedback_horizon_s <= 0:

@@ -32,7 +32,7 @@ def _register() -> None:
 
     for module in (broker, demo, index_cmd, produce, tail, worker):
         module.register(cli)
-    for name in ("engine", "bench", "evaluate", "train", "replay", "catalog", "forget", "topics", "report"):
+    for name in ("engine", "bench", "evaluate", "train", "replay", "catalog", "forget", "topics", "report", "learn"):
         try:
             module = __import__(f"stream.cli.{name}", fromlist=["register"])
         except ModuleNotFoundError:

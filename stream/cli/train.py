@@ -19,49 +19,20 @@ from stream.cli.options import kafka_options, path_option
 log = logging.getLogger(__name__)
 
 
-async def read_events_topic(settings, *, max_events: int = 0, idle_s: float = 5.0) -> list[dict]:
-    """Every valid event on the events topic up to its current end (invalid ones are skipped)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+async def read_events_topic(settings, *, max_events: int = 0) -> list[dict]:
+    """Every valid event on the events topic up to its current end (the newest ``max_events`` when
+    set), read like ``shopstream learn`` does: user ids as pseudonyms when a key is set, and every
+    shopper forgotten (forget requests on the topic, and those the learn state already holds) left out."""
+    from stream.ops.continuous_training import LearnState, TrainingIds, read_window
 
-    from stream.core.schema import EventValidator
-    from stream.errors import InvalidEvent
-
-    validator = EventValidator(max_bytes=settings.max_event_bytes, max_future_skew_s=float("inf"))
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
-                                auto_offset_reset="earliest", **settings.kafka_client_options())
-    await consumer.start()
-    events, bad = [], 0
-    try:
-        parts = [TopicPartition(settings.events_topic, p)
-                 for p in (consumer.partitions_for_topic(settings.events_topic) or await _partitions(consumer, settings))]
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        end = await consumer.end_offsets(parts)
-        remaining = {tp for tp in parts if end[tp] > 0}
-        while remaining:
-            batch = await consumer.getmany(timeout_ms=int(idle_s * 1000), max_records=5000)
-            if not batch:
-                log.warning("no events for %.0fs before the end offsets; stopping", idle_s)
-                break
-            for tp, msgs in batch.items():
-                for msg in msgs:
-                    try:
-                        events.append(validator.parse(msg.value, msg.key).to_dict())
-                    except InvalidEvent:
-                        bad += 1
-                    if msg.offset + 1 >= end[tp]:
-                        remaining.discard(tp)
-            if max_events and len(events) >= max_events:
-                break
-    finally:
-        await consumer.stop()
-    log.info("read %d events from %s (%d invalid skipped)", len(events), settings.events_topic, bad)
+    state = LearnState(Path(settings.data_dir) / "learn").load()
+    window = await read_window(settings.replace(learn_window_events=max_events or 2**62), state,
+                               TrainingIds(settings))
+    forgotten = state.forgotten | window.forgotten_tokens
+    events = [e for e in window.events if e.pop("_token") not in forgotten]
+    log.info("read %d events from %s (%d invalid skipped, %d of forgotten shoppers left out)", len(events),
+             settings.events_topic, window.invalid, len(window.events) - len(events))
     return events
-
-
-async def _partitions(consumer, settings) -> set[int]:
-    await consumer.client.force_metadata_update()
-    return consumer.partitions_for_topic(settings.events_topic) or set()
 
 
 def register(cli: click.Group) -> None:
@@ -98,17 +69,24 @@ def register(cli: click.Group) -> None:
     @click.option("--backend", "encoder_backend", default=None, help="Text encoder backend (default auto).")
     @click.option("--init", "init", type=click.Path(path_type=Path), default=None,
                   help="Continue from this artifact's weights (same architecture).")
+    @click.option("--dp-epsilon", type=click.FloatRange(min=0.0, min_open=True), default=None,
+                  help="Train with DP-SGD (opacus, the privacy extra) to this epsilon over --epochs; "
+                       "the manifest records what was spent. Default: SHOPSTREAM_DP_EPSILON, 0/unset = off.")
+    @click.option("--dp-delta", type=float, default=None, help="DP delta (default SHOPSTREAM_DP_DELTA, 1e-5).")
+    @click.option("--dp-max-grad-norm", type=click.FloatRange(min=0.0, min_open=True), default=1.0, show_default=True,
+                  help="Per-shopper gradient clip under DP.")
     def train_cmd(data, out, epochs, patience, batch_size, lr, lr_schedule, d_model, layers, heads, dropout, max_len,
                   negatives, hard_negatives, item_tower, id_embeddings, weight_decay, seed, threads, device,
-                  max_minutes, export, encoder_backend, init) -> None:
+                  max_minutes, export, encoder_backend, init, dp_epsilon, dp_delta, dp_max_grad_norm) -> None:
         """Train the session encoder on next-product prediction (contrastive, early stopping)."""
         from stream.settings import Settings
 
-        settings = Settings.from_env(encoder_backend=encoder_backend)
+        settings = Settings.from_env(encoder_backend=encoder_backend, dp_epsilon=dp_epsilon, dp_delta=dp_delta)
         _train(data, settings, out, export=export, d_model=d_model, layers=layers, heads=heads, dropout=dropout,
                max_len=max_len, item_tower=item_tower, id_embeddings=id_embeddings, weight_decay=weight_decay, lr=lr, lr_schedule=lr_schedule, batch_size=batch_size, epochs=epochs,
                patience=patience, negatives=negatives, hard_negatives=hard_negatives, seed=seed,
-               threads=threads, device=device, max_minutes=max_minutes, init=init)
+               threads=threads, device=device, max_minutes=max_minutes, init=init,
+               dp_epsilon=settings.dp_epsilon or None, dp_delta=settings.dp_delta, dp_max_grad_norm=dp_max_grad_norm)
 
     @cli.command("train-from-topic")
     @kafka_options
@@ -158,8 +136,12 @@ def _train(data, settings, out: Path, *, export: bool, init: Path | None = None,
     result = train(data, vecs, split, cfg, init=start)
     click.echo(f"trained {len(result.history)} epochs in {result.seconds:.0f}s; best epoch {result.best_epoch}: "
                f"valid NDCG@10 {result.best_valid['ndcg@10']:.4f} Recall@10 {result.best_valid['recall@10']:.4f}")
+    if result.privacy:
+        click.echo(f"DP-SGD: epsilon {result.privacy['epsilon']:.3f} spent (delta {result.privacy['delta']:g}, "
+                   f"noise multiplier {result.privacy['noise_multiplier']}, {result.privacy['steps']} steps)")
     record = {"trained_on": s, "continued_from": str(init) if init else None, "train_config": config_dict(cfg), "history": result.history,
-              "best_epoch": result.best_epoch, "valid": result.best_valid, "train_seconds": round(result.seconds, 1)}
+              "best_epoch": result.best_epoch, "valid": result.best_valid, "train_seconds": round(result.seconds, 1),
+              "privacy": result.privacy}
     save_artifact(result.model, out, text_model_version=text_version, record=record,
                   kinds_seen=data.kinds_seen(), uses_time=data.has_clock(), item_ids=data.item_ids)
     if export:

@@ -1,0 +1,96 @@
+"""``shopstream learn``: continuous training and promotion; ``shopstream models``: the versions and their state."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import click
+
+from stream.cli.options import kafka_options, path_option
+
+log = logging.getLogger(__name__)
+
+
+def register(cli: click.Group) -> None:
+    @cli.command("learn")
+    @kafka_options
+    @click.option("--once", is_flag=True, help="One pass (learn, then decide), then exit: for a scheduler.")
+    @click.option("--interval", type=click.FloatRange(min=1.0), default=3600.0, show_default=True,
+                  help="Seconds between passes of the long-running loop.")
+    @path_option("--registry", default=None, help="Folder of versioned models and indexes (default <data_dir>/registry).")
+    @path_option("--catalog", default=None, help="Product catalogue (default: the shipped Online Retail one).")
+    @click.option("--alpha", type=float, default=0.05, show_default=True, help="Significance of a promotion decision.")
+    @click.option("--min-served", type=click.IntRange(min=1), default=1000, show_default=True,
+                  help="Recommendations each side needs before any decision.")
+    @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
+    @click.option("--json", "as_json", is_flag=True, help="Print each pass's summary as JSON.")
+    def learn_cmd(settings, once, interval, registry, catalog, alpha, min_served, threads, as_json) -> None:
+        """Train on the newest events, announce a better model as a candidate, promote or withdraw it.
+
+        Each pass: `learn_once` (the events window since the checkpoint, warm-started from the
+        serving model, compared offline on each shopper's newest event; announced only when
+        NDCG@10 beats the serving model by SHOPSTREAM_LEARN_MARGIN), then `decide` (the candidate's
+        online hit rate against the default's: better -> default, worse -> withdrawn)."""
+        from stream.ops.continuous_training import learn_once
+        from stream.ops.promotion import decide
+
+        while True:
+            summary = asyncio.run(learn_once(settings, registry=registry, catalog=catalog, threads=threads))
+            decisions = asyncio.run(decide(settings, alpha=alpha, min_served=min_served))
+            _echo_pass(summary, decisions, as_json)
+            if once:
+                return
+            time.sleep(interval)
+
+    @cli.command("models")
+    @kafka_options
+    @click.option("--json", "as_json", is_flag=True, help="The current record of every version, as JSON.")
+    def models_cmd(settings, as_json) -> None:
+        """Every session-encoder version on the models topic: state, share, offline and online figures."""
+        import orjson
+
+        from stream.ops.model_log import read_models
+
+        records = sorted(asyncio.run(read_models(settings)).values(), key=lambda r: r.decided_at)
+        if as_json:
+            click.echo(orjson.dumps([r.__dict__ for r in records], option=orjson.OPT_INDENT_2).decode())
+            return
+        if not records:
+            click.echo(f"no models on {settings.models_topic}: workers serve the configured session encoder")
+            return
+        click.echo(f"{'version':<26} {'state':<10} {'share':>5} {'NDCG@10':>8} {'serving':>8} "
+                   f"{'online hit rate (cand / control)':>34} {'p':>7}  decided_at            reason")
+        for r in records:
+            click.echo(_row(r))
+
+
+def _row(r) -> str:
+    off, on = r.offline or {}, r.online or {}
+    ndcg = f"{off['ndcg@10']:.4f}" if "ndcg@10" in off else "-"
+    base = f"{off['serving_ndcg@10']:.4f}" if "serving_ndcg@10" in off else "-"
+    if on.get("candidate"):
+        c, k = on["candidate"], on["control"]
+        online = f"{c['hit_rate']:.4f} ({c['served']}) / {k['hit_rate']:.4f} ({k['served']})"
+        p = f"{on['p_value']:.3g}"
+    else:
+        online, p = "-", "-"
+    return (f"{r.version:<26} {r.state:<10} {r.share:>5.2f} {ndcg:>8} {base:>8} {online:>34} {p:>7}  "
+            f"{r.decided_at:<21} {r.reason}")
+
+
+def _echo_pass(summary: dict, decisions, as_json: bool) -> None:
+    if as_json:
+        import orjson
+
+        click.echo(orjson.dumps({"learn": summary, "decisions": [d.__dict__ for d in decisions]}).decode())
+        return
+    if summary.get("announced"):
+        click.echo(f"announced candidate {summary['announced']}: {summary['reason']} ({summary['seconds']}s)")
+    else:
+        click.echo(f"no new model: {summary.get('reason')} ({summary['seconds']}s)")
+    for key in ("events_read", "users", "held_out_users", "excluded_users", "forgotten_total"):
+        if key in summary:
+            click.echo(f"  {key.replace('_', ' ')}: {summary[key]}")
+    for d in decisions:
+        click.echo(f"decision: {d.version} -> {d.state}: {d.reason}")
