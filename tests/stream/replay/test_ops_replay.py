@@ -117,7 +117,8 @@ def test_sigterm_stops_replay_at_a_checkpoint_that_the_same_command_resumes(repl
     ckpt = tmp_path / "cli.json"
     env = dict(os.environ, SHOPSTREAM_BROKER=settings.broker, SHOPSTREAM_APP_ID=settings.app_id,
                SHOPSTREAM_EVENTS_TOPIC=settings.events_topic, SHOPSTREAM_BATCH_SIZE="32",
-               SHOPSTREAM_INDEX_PATH=str(settings.index_path), SHOPSTREAM_ENCODER_BACKEND="torch")
+               SHOPSTREAM_INDEX_PATH=str(settings.index_path), SHOPSTREAM_ENCODER_BACKEND="torch",
+               SHOPSTREAM_SESSION_ENCODER=settings.session_encoder)   # the fixture index is text-space
     proc = subprocess.Popen([sys.executable, "-m", "stream", "replay", "--output", "replay-cli", "--rate", "20",
                              "--checkpoint", str(ckpt), "--no-progress"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
