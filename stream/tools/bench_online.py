@@ -37,10 +37,11 @@ def ensure_variant_index(settings: Settings, model: str, echo=log.info) -> Path:
     try:
         products = ProductEncoder(text, load_session_model(model, text.dim))
         path = variant_index_path(settings, products)
-        if products.tower is not None and not (path / "manifest.json").exists():
+        if not (path / "manifest.json").exists():
+            # pooling too: the worker's own index is in the shipped model's item space by default
             echo(f"building the index of {products.model_version}'s product space into {path} (once) ...")
-            session = model if model != "default" else str(_shipped())
-            build_default_index(settings.replace(session_encoder=Path(session)), out=path, progress=False)
+            session = str(_shipped()) if model == "default" else model
+            build_default_index(settings.replace(session_encoder=session), out=path, progress=False)
         return path
     finally:
         text.close()
@@ -130,6 +131,7 @@ def run_online_bench(*, n_events: int, rate: float | None = 400.0, candidate: st
                                      dead_letter_topic=f"online-dlq-{run_id}", models_topic=f"online-models-{run_id}",
                                      web_port=free_port())
         settings = prepare_local(settings)
+        ensure_variant_index(settings, "pooling")         # the control
         ensure_variant_index(settings, candidate)
         index = load_snapshot(settings.resolved_index_path)
         encoder = load_text_encoder(settings)
