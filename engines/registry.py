@@ -58,4 +58,6 @@ def create_text_encoder(backend: str = "auto", **options: Any) -> TextEncoder:
         options = {**options, "artifact": choice.artifact}
         if backend in ("onnxruntime", "tensorrt"):
             options.pop("model_dir", None)
+    if backend not in ("torch", "onnxruntime"):
+        options.pop("threads", None)           # CPU thread counts mean nothing to a GPU engine
     return backend_class(backend)(**options)

@@ -50,6 +50,7 @@ class Settings:
     # -- processing --------------------------------------------------------------------------------
     batch_size: int = 256                    # most events per micro-batch
     batch_wait_ms: int = 20                  # longest wait to fill a micro-batch
+    model_threads: int = 0                   # CPU threads of the encoders and the index; 0: every core (several workers on one machine: cores / workers)
     top_k: int = 10
     search_blend: float = 0.5                # weight of the shopper's embedding when re-ranking search results
     session_max_items: int = 50
@@ -128,6 +129,8 @@ class Settings:
             bad(f"dead_letter_max_bytes must be at least 1024, got {self.dead_letter_max_bytes}")
         if self.batch_wait_ms < 0:
             bad("batch_wait_ms must not be negative")
+        if self.model_threads < 0:
+            bad(f"model_threads must not be negative (0: every core), got {self.model_threads}")
         if not 0.0 <= self.search_blend <= 1.0:
             bad(f"search_blend must be between 0 and 1, got {self.search_blend}")
         if self.session_ttl_s <= 0:

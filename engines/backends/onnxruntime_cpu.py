@@ -27,10 +27,13 @@ def physical_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def make_session(onnx_path: str | Path, threads: int | None = None):
+def make_session(onnx_path: str | Path, threads: int | None = None, spin: bool = False):
     """An ONNX Runtime CPU session with all graph optimisations and ``threads`` intra-op threads.
 
-    Generic: any ONNX file (the session encoder uses it too).
+    Generic: any ONNX file (the session encoder uses it too). ``spin`` off (the default): ONNX
+    Runtime's intra-op threads otherwise busy-wait after every run, and in a worker they take the
+    cores from the event loop -- on the 2-core machine the worker went from 1,905 to 3,358 events/s
+    with spinning off (issue 13, docs/benchmarks.md). A benchmark of the encoder alone may spin.
     """
     try:
         import onnxruntime as ort
@@ -42,6 +45,8 @@ def make_session(onnx_path: str | Path, threads: int | None = None):
     opts.intra_op_num_threads = threads or physical_cores()
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
 
 

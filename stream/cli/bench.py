@@ -30,9 +30,11 @@ def register(cli: click.Group) -> None:
                   help="First measure a plain aiokafka forwarder through the same broker and partitions.")
     @click.option("--bad-share", type=click.FloatRange(0, 0.5), default=0.01, show_default=True)
     @click.option("--partitions", type=click.IntRange(min=1), default=4, show_default=True)
+    @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+                  help="Worker processes in the one consumer group (the partitions are shared out).")
     @click.option("--broker", default=None, help="Kafka to use (default: start the embedded broker).")
     @click.option("--json", "as_json", is_flag=True)
-    def e2e(n_events, rate, users, ceiling, bad_share, partitions, broker, as_json) -> None:
+    def e2e(n_events, rate, users, ceiling, bad_share, partitions, workers, broker, as_json) -> None:
         """Drive N events through broker, worker and the recommendations topic."""
         from stream.tools.bench_e2e import render, run_e2e_bench
         from stream.tools.processes import terminate_on_sigterm
@@ -41,7 +43,7 @@ def register(cli: click.Group) -> None:
 
         result = run_e2e_bench(n_events=n_events, rate=rate, users=users, bad_share=bad_share,
                                partitions=partitions, broker=broker, progress=not as_json,
-                               with_ceiling=ceiling)
+                               with_ceiling=ceiling, workers=workers)
         emit(result, as_json, render)
 
     @bench.command("online")

@@ -105,6 +105,8 @@ def load_text_encoder(settings: Settings) -> TextEncoder:
             log.info("using the engine artifact built in %s", built)
     if artifact:
         options["artifact"] = artifact
+    if settings.model_threads:
+        options["threads"] = settings.model_threads
     return create_text_encoder(settings.encoder_backend, **options).load()
 
 
@@ -118,6 +120,10 @@ def load_index(settings: Settings, products: ProductEncoder | TextEncoder) -> It
     path = settings.resolved_index_path
     if not path.exists():
         raise ConfigError(f"no index snapshot at {path}: build one with `shopstream index build`")
+    if settings.model_threads:
+        import faiss
+
+        faiss.omp_set_num_threads(settings.model_threads)
     return load_snapshot(path, dim=products.dim, model_version=products.model_version,
                          device=settings.index_device)
 
@@ -131,7 +137,7 @@ def load_session_encoder(settings: Settings, dim: int):
         return PoolingSessionEncoder(dim=dim)
     from engines.session_model import load_session_encoder as load_trained
 
-    encoder = load_trained(path, settings.session_backend)
+    encoder = load_trained(path, settings.session_backend, threads=settings.model_threads or None)
     if encoder.manifest.get("config", {}).get("item_ids"):
         log.warning("%s has id vectors; the live index is built from titles alone, so every product serves "
                     "as a product unseen in training (see docs/quality.md)", path)

@@ -189,9 +189,28 @@ def measure_ceiling(settings: Settings, events, run_id: str, data_dir: Path) -> 
         log.close()
 
 
+def _wait_group_ready(ports: list[int], procs: list, settle_s: float = 2.0) -> None:
+    """Every worker ready, and still ready ``settle_s`` later: a worker that joins the group after
+    another answered ready rebalances it, and the events must not meet that rebalance."""
+    from stream.tools.demo import wait_ready
+
+    for _ in range(10):
+        for port, proc in zip(ports, procs):
+            wait_ready(port, proc, timeout=120)
+        if len(ports) == 1:
+            return
+        time.sleep(settle_s)
+        try:
+            for port, proc in zip(ports, procs):
+                wait_ready(port, proc, timeout=0.5)
+            return
+        except TimeoutError:
+            continue
+
+
 def run_e2e_bench(*, n_events: int, rate: float | None, users: int | None = None, bad_share: float = 0.01,
                   partitions: int = 4, broker: str | None = None, progress: bool = True,
-                  data_dir: Path | None = None, with_ceiling: bool = True) -> dict:
+                  data_dir: Path | None = None, with_ceiling: bool = True, workers: int = 1) -> dict:
     from index import load_snapshot
     from stream.live.services import load_text_encoder
     from stream.ops.topics import ensure_topics
@@ -201,7 +220,7 @@ def run_e2e_bench(*, n_events: int, rate: float | None, users: int | None = None
 
     data_dir = data_dir or Path("var")
     embedded = None
-    worker = None
+    procs: list = []
     run_id = uuid.uuid4().hex[:8]
     try:
         if broker is None:
@@ -218,12 +237,15 @@ def run_e2e_bench(*, n_events: int, rate: float | None, users: int | None = None
         encoder.close()
         ceiling = measure_ceiling(settings, events, run_id, data_dir) if with_ceiling else None
         asyncio.run(ensure_topics(settings))
-        log_path = data_dir / "logs" / f"bench-worker-{run_id}.log"
-        worker = start_worker_process(settings, log_path, extra_env={
-            "SHOPSTREAM_EVENTS_TOPIC": settings.events_topic,
-            "SHOPSTREAM_RECOMMENDATIONS_TOPIC": settings.recommendations_topic,
-            "SHOPSTREAM_DEAD_LETTER_TOPIC": settings.dead_letter_topic})
-        wait_ready(settings.web_port, worker, timeout=120)
+        ports = [settings.web_port] + [free_port() for _ in range(workers - 1)]
+        for n, port in enumerate(ports):
+            log_path = data_dir / "logs" / f"bench-worker-{run_id}-{n}.log"
+            procs.append(start_worker_process(settings, log_path, extra_env={
+                "SHOPSTREAM_WEB_PORT": str(port),
+                "SHOPSTREAM_EVENTS_TOPIC": settings.events_topic,
+                "SHOPSTREAM_RECOMMENDATIONS_TOPIC": settings.recommendations_topic,
+                "SHOPSTREAM_DEAD_LETTER_TOPIC": settings.dead_letter_topic}))
+        _wait_group_ready(ports, procs)
         result = asyncio.run(_drive(settings, events, rate, progress))
         if ceiling is not None:
             result["ceiling_events_per_second"] = ceiling["events_per_second"]
@@ -232,11 +254,12 @@ def run_e2e_bench(*, n_events: int, rate: float | None, users: int | None = None
                 result["fraction_of_ceiling"] = round(result["events_per_second"] / ceiling["events_per_second"], 3)
         result.update(users=users, machine=_machine(), encoder_artifact=str(settings.encoder_artifact or ""),
                       session_encoder=str(settings.session_encoder), partitions=partitions, index_products=len(index),
-                      batch_size=settings.batch_size, batch_wait_ms=settings.batch_wait_ms,
+                      batch_size=settings.batch_size, batch_wait_ms=settings.batch_wait_ms, workers=workers,
                       broker="embedded tansu" if embedded else broker)
         return result
     finally:
-        stop_process(worker)
+        for proc in procs:
+            stop_process(proc)
         if embedded is not None:
             embedded.stop()
 
@@ -246,6 +269,7 @@ def render(r: dict) -> None:
 
     lat = r["latency_ms"]
     click.echo(f"machine            {r['machine']}  (broker: {r['broker']}, {r['partitions']} partitions, "
+               f"{r.get('workers', 1)} worker(s), "
                f"{r['index_products']} products)")
     click.echo(f"offered load       {r['offered_rate'] or 'max'} events/s; sent in {r['send_seconds']} s")
     click.echo(f"sustained          {r['events_per_second']} events/s over {r['elapsed_seconds']} s")
