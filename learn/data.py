@@ -55,8 +55,21 @@ class UserSequence:
         return len(self.tokens)
 
     def item_positions(self) -> np.ndarray:
-        """Positions of product events (everything but searches): the possible targets."""
+        """Positions of product events (everything but searches)."""
         return np.flatnonzero(self.kinds != SEARCH)
+
+    def new_item_positions(self) -> np.ndarray:
+        """Positions of product events naming a product new to the shopper (in no event before it):
+        the possible targets. A product viewed, carted and then bought counts once, at its first
+        event; the live pipeline never recommends what a shopper bought, carted or just viewed, and
+        the offline protocol removes the whole input history from the ranking, so a repeat could
+        never be ranked. In de-duplicated data (Amazon Beauty, Online Retail purchases) every
+        product event is new and this is :meth:`item_positions`."""
+        pos = self.item_positions()
+        if not len(pos):
+            return pos
+        _, first = np.unique(self.tokens[pos], return_index=True)
+        return pos[np.sort(first)]
 
     def head(self, n: int) -> "UserSequence":
         return UserSequence(self.user, self.tokens[:n], self.kinds[:n], self.times[:n])

@@ -1,5 +1,13 @@
-"""Leave-one-out: the last product event of each shopper is the test target, the one before it
-the validation target; everything before a target (and only that) is its input."""
+"""Leave-one-out: the last event of each shopper that names a product new to them is the test
+target, the one before it the validation target; everything before a target (and only that) is its
+input.
+
+"New" means in no event before it: in an event stream a purchase follows the view and add-to-cart
+of the same product, and the full-ranking protocol removes the shopper's history from the ranking
+(as the live pipeline never recommends what was bought, carted or just viewed), so the last event
+itself is usually unrankable. The first event naming a product is the discovery a recommender can
+make. In de-duplicated data (Amazon Beauty, Online Retail purchases) every product event is new,
+so the split is the plain last-two one."""
 from __future__ import annotations
 
 import logging
@@ -37,13 +45,15 @@ class Split:
 
 
 def leave_one_out(data: Interactions, *, min_items: int = 3) -> Split:
-    """Shoppers with fewer than ``min_items`` product events are left out (and counted)."""
+    """Shoppers with fewer than ``min_items`` distinct products are left out (and counted): the
+    targets are the last two events naming a product new to the shopper, and the validation input
+    needs one product before them (:meth:`UserSequence.new_item_positions`)."""
     if min_items < 3:
-        raise ValueError("leave-one-out needs at least 3 product events per shopper")
+        raise ValueError("leave-one-out needs at least 3 distinct products per shopper")
     train, v_in, v_t, t_in, t_t = [], [], [], [], []
     dropped = 0
     for s in data.sequences:
-        pos = s.item_positions()
+        pos = s.new_item_positions()
         if len(pos) < min_items:
             dropped += 1
             continue
@@ -54,5 +64,5 @@ def leave_one_out(data: Interactions, *, min_items: int = 3) -> Split:
         t_in.append(s.head(test_at))
         t_t.append(int(s.tokens[test_at]))
     if dropped:
-        log.info("leave-one-out: %d shoppers with fewer than %d product events left out", dropped, min_items)
+        log.info("leave-one-out: %d shoppers with fewer than %d distinct products left out", dropped, min_items)
     return Split(train, Fold(v_in, np.asarray(v_t, np.int64)), Fold(t_in, np.asarray(t_t, np.int64)), dropped)

@@ -3,7 +3,9 @@
 :func:`learn_once` reads the newest window of the events topic (``learn_window_events`` events,
 and only those of the last ``learn_window_s`` seconds when set), validates them with the worker's
 validator, drops every shopper ever forgotten (forget control messages seen since the last pass, and
-all earlier ones, kept in the learn state), holds out each shopper's newest product event,
+all earlier ones, kept in the learn state), holds out each shopper's newest event naming a product
+new to them (a purchase that follows the view and add-to-cart of the same product is not new: the
+full ranking removes the shopper's history, so it could never be ranked; see :mod:`learn.split`),
 warm-starts from the serving session encoder (the ``default`` on the models topic, else the
 configured / shipped one), and evaluates both on those held-out events. Only when the new model's
 NDCG@10 beats the serving one's by ``learn_margin`` is it written to the registry
@@ -258,8 +260,14 @@ def _train_and_compare(settings: Settings, events: list[dict], default, registry
     out: dict = {"users": len(data.sequences), "events_used": int(sum(len(s) for s in data.sequences))}
     split = leave_one_out(data)
     out["held_out_users"] = len(split.test)
+    evaluable = evaluable_targets(split.test, data.n_items)
+    if evaluable == 0:
+        # both models would score exactly 0.0 on no target: that is no comparison
+        out["reason"] = ("nothing to evaluate: no shopper in the window has a held-out product new to them "
+                         f"({len(split.test)} held out, 3+ distinct products needed)")
+        return out
     if len(split.test) < settings.learn_min_users:
-        out["reason"] = (f"{len(split.test)} shoppers with 3+ products in the window, fewer than "
+        out["reason"] = (f"{len(split.test)} shoppers with 3+ distinct products in the window, fewer than "
                          f"learn_min_users={settings.learn_min_users}")
         return out
     vecs, text_version = text_vectors_for(data, settings, progress=progress)
@@ -293,7 +301,8 @@ def _train_and_compare(settings: Settings, events: list[dict], default, registry
     keys = ("ndcg@10", "recall@10", "ndcg@20", "recall@20")
     offline = {**{k: round(report["new"][k], 5) for k in keys},
                **{f"serving_{k}": round(report["serving"][k], 5) for k in keys},
-               "held_out_users": len(split.test), "fold": "newest product event per shopper",
+               "held_out_users": len(split.test), "evaluable_users": evaluable,
+               "fold": "newest event naming a product new to the shopper",
                "serving_version": default.version if default else (read_manifest(base)["model_version"] if base else "pooling"),
                "margin": settings.learn_margin, "epochs": len(result.history)}
     if result.privacy:
@@ -316,6 +325,16 @@ def _train_and_compare(settings: Settings, events: list[dict], default, registry
                reason=(f"NDCG@10 {offline['ndcg@10']:.4f} vs serving {offline['serving_ndcg@10']:.4f}: "
                        f"{gain:+.4f}, at least the margin {settings.learn_margin}"))
     return out
+
+
+def evaluable_targets(fold, n_items: int) -> int:
+    """How many of the fold's targets can be ranked at all: those not in the shopper's input
+    history (which the full-ranking protocol removes from the ranking). :func:`learn.split.leave_one_out`
+    holds out only products new to the shopper, so this is the fold's size; it is counted so that a
+    fold of unrankable targets is reported as nothing to evaluate, never as two scores of 0.0."""
+    from learn.evaluate import history_items
+
+    return int(sum(int(t) not in set(history_items(s, n_items).tolist()) for s, t in zip(fold.inputs, fold.targets)))
 
 
 def _export(folder: Path) -> None:

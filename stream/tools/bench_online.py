@@ -188,5 +188,14 @@ def render(r: dict) -> None:
         elif "error" in learn:
             click.echo(f"learn        failed: {learn['error']}")
         else:
+            res = learn.get("result") if isinstance(learn.get("result"), dict) else {}
+            off = res.get("offline") or {}
+            if off:
+                click.echo(f"learn        {res.get('events_read')} events, {res.get('users')} shoppers, "
+                           f"{off['held_out_users']} held out ({off['fold']}): NDCG@10 new "
+                           f"{off['ndcg@10']:.4f} vs serving {off['serving_ndcg@10']:.4f} "
+                           f"({off['serving_version']}), margin {off['margin']}")
+            if res:
+                click.echo(f"learn        announced: {res.get('announced') or 'nothing'}; {res.get('reason', '')}")
             for version, m in learn["models"].items():
                 click.echo(f"learn        {version}: {m['state']} (share {m['share']}) {m['reason']}")

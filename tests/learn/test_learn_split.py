@@ -14,6 +14,7 @@ from learn.data import (
 from learn.split import leave_one_out
 
 P, S = KIND_CODES["purchase"], KIND_CODES["search"]
+V, C = KIND_CODES["view"], KIND_CODES["add_to_cart"]
 
 
 def seq(user, tokens, kinds, times=None):
@@ -34,6 +35,30 @@ def test_targets_are_the_last_two_products_and_inputs_stop_before_them():
     assert split.test.inputs[1].tokens.tolist() == [4, 5, 3]
     assert split.valid.inputs[1].tokens.tolist() == [4, 5]
     assert [s.tokens.tolist() for s in split.train] == [[0, 1, 2], [4, 5]]
+
+
+def test_targets_in_an_event_stream_are_products_new_to_the_shopper():
+    """A shop's stream: every purchase follows the view and add-to-cart of the same product, so the
+    last product event repeats the history (which the full ranking removes): the targets are the
+    last two *first* events of a product, and what came after the test target is never an input."""
+    data = Interactions(["a", "b", "c", "d"], ["A", "B", "C", "D", "query"], [
+        # view a, cart a, buy a, search, view b, cart b, view c, cart c, buy b, buy c
+        seq("u1", [0, 0, 0, 4, 1, 1, 2, 2, 1, 2], [V, C, P, S, V, C, V, C, P, P]),
+        # three distinct products, the last one new, then a repeat of an old one
+        seq("u2", [3, 2, 1, 3], [V, V, V, P]),
+        # six product events but only two products: nothing new to hold out twice, left out
+        seq("u3", [0, 0, 0, 1, 1, 1], [V, C, P, V, C, P]),
+    ])
+    split = leave_one_out(data)
+    assert split.dropped_users == 1
+    assert split.test.targets.tolist() == [2, 1] and split.valid.targets.tolist() == [1, 2]
+    assert split.test.inputs[0].tokens.tolist() == [0, 0, 0, 4, 1, 1]
+    assert split.valid.inputs[0].tokens.tolist() == [0, 0, 0, 4]
+    assert split.test.inputs[1].tokens.tolist() == [3, 2]
+    assert [s.tokens.tolist() for s in split.train] == [[0, 0, 0, 4], [3]]
+    for fold in (split.test, split.valid):   # every target can be ranked: it is not in its input
+        for inp, target in zip(fold.inputs, fold.targets):
+            assert target not in inp.tokens
 
 
 def test_no_leak_on_real_sequences(beauty_dir):
@@ -93,3 +118,18 @@ def test_event_log_becomes_time_ordered_sequences(tmp_path):
     assert u.kinds.tolist() == [KIND_CODES["view"], S, P]
     assert u.times.tolist() == [1_700_000_000.0, 1_700_000_100.0, 1_700_000_300.0]
     assert data.kinds_seen()[0] in ("view", "search", "purchase", "add_to_cart") and data.has_clock()
+
+
+def test_the_offline_benchmarks_split_is_unchanged_by_the_new_product_rule(beauty_dir):
+    """Amazon Beauty and Online Retail are de-duplicated (each product once per shopper), so every
+    product event is new and the targets stay the last two products: their figures do not move."""
+    from learn.data import load_online_retail
+    from tests.conftest import SHARED_DATA
+
+    sets = [load_generic(beauty_dir / "items.tsv", beauty_dir / "sequences.tsv")]
+    retail = SHARED_DATA / "online-retail" / "online_retail.csv.gz"
+    if retail.is_file():
+        sets.append(load_online_retail(retail))
+    for data in sets:
+        for s in data.sequences:
+            assert s.new_item_positions().tolist() == s.item_positions().tolist(), (data.name, s.user)
