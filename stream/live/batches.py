@@ -85,6 +85,7 @@ class LiveBatches:
         self._next: dict[int, int] = {}                 # partition -> offset its next event must have
         self._gaps: dict[int, tuple[Any, int, float, int]] = {}   # partition -> (tp, offset, sought at, seeks)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recommend")
+        self._releases = 0                              # revocations so far (a sweep stops at one)
 
     @property
     def metrics(self):
@@ -324,25 +325,55 @@ class LiveBatches:
             return set()
         return {tp.partition for tp in consumer.assignment() if tp.topic == self.events_topic}
 
-    def sweep(self, retention_s: float, now: float | None = None) -> int:
+    async def sweep(self, retention_s: float, now: float | None = None, chunk: int = 5000) -> int:
         """Delete sessions untouched for ``retention_s`` (wall clock) on the partitions this worker
-        owns; returns how many."""
+        owns; returns how many.
+
+        Chunked (issue 10): a worker holds up to millions of sessions on disk, and one pass over
+        them would stop the event loop for seconds. After every ``chunk`` sessions read the sweep
+        yields to the loop, and a partition revoked meanwhile is left to its new owner.
+        """
         from stream.core import session_state
 
         now = time.time() if now is None else now
-        expired = []
-        for partition, key, raw in self.sessions.items(self.owned_partitions()):
-            try:
-                state = session_state.loads(raw)
-            except Exception:  # noqa: BLE001 - unreadable: nothing worth keeping
-                state = None
-            if state is None or now - state.get("seen_at", now) > retention_s:
-                expired.append((partition, key))
-        for partition, key in expired:
-            self.sessions.delete(partition, key)
-        return len(expired)
+        n = 0
+        releases = self._releases
+        for partition in sorted(self.owned_partitions()):
+            expired = []
+            seen = 0
+            for _, key, raw in self.sessions.items({partition}):
+                try:
+                    state = session_state.loads(raw)
+                except Exception:  # noqa: BLE001 - unreadable: nothing worth keeping
+                    state = None
+                if state is None or now - state.get("seen_at", now) > retention_s:
+                    expired.append(key)
+                seen += 1
+                if seen % chunk == 0:
+                    await asyncio.sleep(0)
+                    if self._releases != releases:     # a revoked partition's database is closed
+                        return n
+            await asyncio.sleep(0)
+            if self._releases != releases:
+                return n
+            async with self._lock:           # not while a batch folds these sessions
+                for i, key in enumerate(expired, 1):
+                    raw = self.sessions.get(partition, key)
+                    try:
+                        state = session_state.loads(raw) if raw is not None else None
+                    except Exception:  # noqa: BLE001
+                        state = None
+                    if raw is not None and (state is None or now - state.get("seen_at", now) > retention_s):
+                        self.sessions.delete(partition, key)
+                        n += 1
+                    if i % chunk == 0:
+                        await asyncio.sleep(0)
+                        if self._releases != releases:
+                            return n
+        return n
 
     def release(self, partitions: set[int]) -> None:
+        self._releases += 1
         n = self.sessions.release(partitions)
         self.held = [(m, ev) for m, ev in self.held if m.partition not in partitions]
         for p in partitions:              # the partitions' next owner processes these again

@@ -114,3 +114,74 @@ def test_faust_still_commits_past_a_single_unacked_offset():
                                    _gap=defaultdict(IntervalTree),
                                    _committed_offset=defaultdict(lambda: None, {tp: committed}))
         assert Consumer._new_offset(consumer, tp) == 9
+
+
+class DictSessions:
+    """A sessions store in a dict, partition-explicit like ``SessionTable``."""
+
+    def __init__(self, values: dict[tuple[int, bytes], bytes]) -> None:
+        self.values = values
+
+    def get(self, p, k):
+        return self.values.get((p, k))
+
+    def delete(self, p, k):
+        self.values.pop((p, k), None)
+
+    def items(self, partitions):
+        for (p, k), v in list(self.values.items()):
+            if p in partitions:
+                yield p, k, v
+
+    def release(self, parts):
+        return 0
+
+
+def _sessions(n: int, old_every: int, now: float) -> dict[tuple[int, bytes], bytes]:
+    from stream.core import session_state
+
+    def state(seen_at: float) -> bytes:
+        return session_state.dumps({"v": session_state.STATE_VERSION, "session_id": "s", "last": 0.0, "items": [],
+                                    "queries": [], "purchased": [], "cart": [], "counts": {}, "seen": [],
+                                    "seen_at": seen_at})
+
+    return {(i % 2, f"u{i}".encode()): state(now - (10_000 if i % old_every == 0 else 1)) for i in range(n)}
+
+
+def test_the_sweep_deletes_idle_sessions_in_chunks_and_lets_the_loop_run():
+    now = 1_000_000.0
+    b = _batches(FakePipeline())
+    b.sessions = DictSessions(_sessions(6000, 3, now))
+    ticks = []
+
+    async def scenario():
+        async def ticker():
+            while True:
+                ticks.append(1)
+                await asyncio.sleep(0)
+
+        t = asyncio.ensure_future(ticker())
+        n = await b.sweep(retention_s=3600, now=now, chunk=500)
+        t.cancel()
+        return n
+
+    assert asyncio.run(scenario()) == 2000
+    assert len(b.sessions.values) == 4000
+    assert len(ticks) >= 12                  # the loop ran between chunks, not once after a blocking pass
+    b.close()
+
+
+def test_a_revocation_stops_the_sweep():
+    now = 1_000_000.0
+    b = _batches(FakePipeline())
+    b.sessions = DictSessions(_sessions(6000, 1, now))       # every session idle
+
+    async def scenario():
+        sweeping = asyncio.ensure_future(b.sweep(retention_s=3600, now=now, chunk=500))
+        await asyncio.sleep(0)
+        b.release({0})                                       # the partition's database goes away
+        return await sweeping
+
+    assert asyncio.run(scenario()) == 0
+    assert len(b.sessions.values) == 6000
+    b.close()
