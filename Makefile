@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(BIN)/shopstream demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20
 
 clean:
 	rm -rf $(VENV) var
