@@ -89,6 +89,7 @@ async def _drive(settings: Settings, events, rate: float | None, progress: bool,
                                 max_batch_size=262144, partitioner=aiokafka_partitioner(settings.partitioner),
                                 **settings.kafka_client_options())
     await producer.start()
+    await producer.partitions_for(settings.events_topic)   # not at the first timed send (it held ~0.5 s of events)
     done = asyncio.Event()
     last_arrival = [0.0]
 
@@ -149,6 +150,9 @@ async def _drive(settings: Settings, events, rate: float | None, progress: bool,
     await producer.stop()
     await consumer.stop()
     lat = np.array(list(latency.values())) * 1000 if latency else np.zeros(1)
+    # the same without the first second: a new worker's caches (search-query embeddings) start cold
+    steady = np.array([v for e, v in latency.items() if sent_at[e] - t_start >= 1.0]) * 1000
+    steady = steady if steady.size else np.zeros(1)
     elapsed = (last_arrival[0] or time.time()) - t_start
     return {
         "events_valid": len(valid), "events_malformed": bad,
@@ -157,6 +161,9 @@ async def _drive(settings: Settings, events, rate: float | None, progress: bool,
         "events_per_second": round(len(latency) / elapsed, 1) if elapsed > 0 else None,
         "latency_ms": {"p50": round(float(np.percentile(lat, 50)), 1), "p95": round(float(np.percentile(lat, 95)), 1),
                        "p99": round(float(np.percentile(lat, 99)), 1), "max": round(float(lat.max()), 1)},
+        "latency_after_first_second_ms": {"p50": round(float(np.percentile(steady, 50)), 1),
+                                          "p99": round(float(np.percentile(steady, 99)), 1),
+                                          "max": round(float(steady.max()), 1)},
         "reflected": len(latency), "dead_lettered": dead, "missing": len(valid) - len(latency),
         "unexpected": seen_other,
     }
@@ -278,5 +285,8 @@ def render(r: dict) -> None:
                    f"each message, same broker, partitions and messages): shopstream at "
                    f"{r.get('fraction_of_ceiling', 0):.0%} of it")
     click.echo(f"latency (ms)       p50 {lat['p50']}  p95 {lat['p95']}  p99 {lat['p99']}  max {lat['max']}")
+    st = r.get("latency_after_first_second_ms")
+    if st:
+        click.echo(f"  after 1st second p50 {st['p50']}  p99 {st['p99']}  max {st['max']}  (caches warm)")
     click.echo(f"events             {r['events_valid']} valid: {r['reflected']} reflected, {r['missing']} missing; "
                f"{r['events_malformed']} malformed: {r['dead_lettered']} dead-lettered; {r['unexpected']} unexpected")
