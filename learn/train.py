@@ -33,7 +33,6 @@ class TrainConfig:
     item_tower: bool = True
     item_hidden: int = 512
     id_embeddings: bool = False      # an id vector per training product next to its title's
-    item_tower_bias: bool = True     # train the item tower's output bias (one vector added to every product)
     lr: float = 1e-3
     lr_schedule: str = "constant"    # "constant" | "cosine" (to 0 over ``epochs``)
     clip_norm: float = 1.0
@@ -158,14 +157,9 @@ def train(data: Interactions, text_vecs: np.ndarray, split: Split, cfg: TrainCon
             raise ValueError(f"cannot continue from a model with another configuration: {init.cfg}")
         model.load_state_dict(init.state_dict())
     model = model.to(device)
-    if model.item_tower is not None and not cfg.item_tower_bias:
-        # a shared output bias lets Adam push every product towards one direction (a popularity
-        # direction) faster than titles and ids can separate them; kept at zero it cannot
-        model.item_tower.fc2.bias.requires_grad_(False)
     texts = torch.from_numpy(np.ascontiguousarray(text_vecs, dtype=np.float32)).to(device)
     token_ids = torch.arange(len(text_vecs), device=device)      # items first: a text's index is its id
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                            weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     examples = training_examples(split.train, cfg.max_len)
     if not examples:
         raise ValueError("no training sequence has two events or more")

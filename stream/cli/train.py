@@ -61,9 +61,6 @@ def register(cli: click.Group) -> None:
                   help="Learn product vectors from title vectors (the index is built with them).")
     @click.option("--id-embeddings/--no-id-embeddings", default=False, show_default=True,
                   help="Also learn a vector per training product, added to its title's (new products: title alone).")
-    @click.option("--item-tower-bias/--no-item-tower-bias", default=True, show_default=True,
-                  help="Train the item tower's output bias (one vector added to every product); "
-                       "--no-item-tower-bias keeps it at zero.")
     @click.option("--weight-decay", type=float, default=0.0, show_default=True)
     @click.option("--seed", type=int, default=0, show_default=True)
     @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
@@ -81,15 +78,14 @@ def register(cli: click.Group) -> None:
     @click.option("--dp-max-grad-norm", type=click.FloatRange(min=0.0, min_open=True), default=1.0, show_default=True,
                   help="Per-shopper gradient clip under DP.")
     def train_cmd(data, out, epochs, patience, eval_every, batch_size, lr, lr_schedule, d_model, layers, heads, dropout, max_len,
-                  negatives, hard_negatives, item_tower, id_embeddings, item_tower_bias, weight_decay, seed, threads, device,
+                  negatives, hard_negatives, item_tower, id_embeddings, weight_decay, seed, threads, device,
                   max_minutes, export, encoder_backend, init, dp_epsilon, dp_delta, dp_max_grad_norm) -> None:
         """Train the session encoder on next-product prediction (contrastive, early stopping)."""
         from stream.settings import Settings
 
         settings = Settings.from_env(encoder_backend=encoder_backend, dp_epsilon=dp_epsilon, dp_delta=dp_delta)
         _train(data, settings, out, export=export, d_model=d_model, layers=layers, heads=heads, dropout=dropout,
-               max_len=max_len, item_tower=item_tower, id_embeddings=id_embeddings,
-               item_tower_bias=item_tower_bias, weight_decay=weight_decay, lr=lr, lr_schedule=lr_schedule, batch_size=batch_size, epochs=epochs,
+               max_len=max_len, item_tower=item_tower, id_embeddings=id_embeddings, weight_decay=weight_decay, lr=lr, lr_schedule=lr_schedule, batch_size=batch_size, epochs=epochs,
                patience=patience, eval_every=eval_every, negatives=negatives, hard_negatives=hard_negatives, seed=seed,
                threads=threads, device=device, max_minutes=max_minutes, init=init,
                dp_epsilon=settings.dp_epsilon or None, dp_delta=settings.dp_delta, dp_max_grad_norm=dp_max_grad_norm)

@@ -178,21 +178,3 @@ def test_validation_every_n_epochs_keeps_the_best_validated_epoch(slice_data):
     with pytest.raises(ValueError, match="eval_every"):
         TrainConfig(eval_every=0).validate()
 
-
-def test_item_tower_bias_can_stay_at_zero(slice_data):
-    """--no-item-tower-bias: the item tower learns, but its output bias (a vector added to every
-    product) stays at zero; the default trains it."""
-    import torch
-
-    from learn.split import leave_one_out
-    from learn.train import TrainConfig, train
-
-    data, vecs = slice_data
-    split = leave_one_out(data)
-    base = dict(d_model=32, layers=1, heads=2, ffn=64, item_hidden=64, batch_size=128, lr=3e-3, epochs=1,
-                seed=0, threads=2, id_embeddings=True)
-    frozen = train(data, vecs, split, TrainConfig(**base, item_tower_bias=False), progress=False).model
-    assert torch.count_nonzero(frozen.item_tower.fc2.bias) == 0
-    assert torch.count_nonzero(frozen.item_tower.fc2.weight) > 0
-    trained = train(data, vecs, split, TrainConfig(**base), progress=False).model
-    assert torch.count_nonzero(trained.item_tower.fc2.bias) > 0
