@@ -39,7 +39,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     batch_size: int = 256
     epochs: int = 40
-    patience: int = 4
+    patience: int = 4                # evaluations (every ``eval_every`` epochs) without a better one
+    eval_every: int = 1              # validate every this many epochs (and after the last)
     negatives: str = "full"          # "full" | "inbatch"
     hard_negatives: int = 0          # per target, with "inbatch": drawn from its nearest titles
     hard_pool: int = 50
@@ -66,7 +67,7 @@ class TrainConfig:
             raise ValueError(f"negatives must be 'full' or 'inbatch', not {self.negatives!r}")
         if self.hard_negatives and self.negatives != "inbatch":
             raise ValueError("hard negatives go with --negatives inbatch")
-        for name in ("d_model", "layers", "heads", "max_len", "batch_size", "epochs"):
+        for name in ("d_model", "layers", "heads", "max_len", "batch_size", "epochs", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.dp_epsilon is not None:
@@ -176,7 +177,7 @@ def train(data: Interactions, text_vecs: np.ndarray, split: Split, cfg: TrainCon
     if cfg.lr_schedule == "cosine":
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps)))
     result = TrainResult(model, cfg)
-    best_state, bad, t0 = None, 0, time.perf_counter()
+    best_state, bad, t0, c0 = None, 0, time.perf_counter(), time.process_time()
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         batches = private.batches() if private is not None else _batches(examples, cfg.batch_size, rng)
@@ -221,8 +222,15 @@ def train(data: Interactions, text_vecs: np.ndarray, split: Split, cfg: TrainCon
             count += len(y)
             if progress:
                 it.set_postfix(loss=f"{total / count:.3f}")
+        row = {"epoch": epoch, "loss": total / max(count, 1)}
+        out_of_time = bool(cfg.max_minutes) and time.perf_counter() - t0 > 60 * cfg.max_minutes
+        if epoch % cfg.eval_every and epoch < cfg.epochs and not out_of_time:     # no validation this epoch
+            row.update(seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
+            result.history.append(row)
+            log.info("epoch %d: loss %.4f (%.0fs)", epoch, row["loss"], row["seconds"])
+            continue
         valid = summarise(fold_ranks(_torch_method(model, texts, n_items, cfg.max_len), data, split.valid))
-        row = {"epoch": epoch, "loss": total / max(count, 1), **valid, "seconds": time.perf_counter() - t0}
+        row.update(valid, seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
         result.history.append(row)
         log.info("epoch %d: loss %.4f valid ndcg@10 %.4f recall@10 %.4f (%.0fs)", epoch, row["loss"],
                  valid["ndcg@10"], valid["recall@10"], row["seconds"])

@@ -41,7 +41,9 @@ def register(cli: click.Group) -> None:
     @path_option("--out", required=True, help="Artifact folder to write (weights, manifest, ONNX graphs).")
     @click.option("--epochs", type=click.IntRange(min=1), default=40, show_default=True)
     @click.option("--patience", type=click.IntRange(min=1), default=4, show_default=True,
-                  help="Stop after this many epochs without a better validation NDCG@10.")
+                  help="Stop after this many validations without a better NDCG@10.")
+    @click.option("--eval-every", type=click.IntRange(min=1), default=1, show_default=True,
+                  help="Validate (full ranking) every this many epochs, and after the last.")
     @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
     @click.option("--lr", type=float, default=1e-3, show_default=True)
     @click.option("--lr-schedule", type=click.Choice(["constant", "cosine"]), default="constant", show_default=True,
@@ -75,7 +77,7 @@ def register(cli: click.Group) -> None:
     @click.option("--dp-delta", type=float, default=None, help="DP delta (default SHOPSTREAM_DP_DELTA, 1e-5).")
     @click.option("--dp-max-grad-norm", type=click.FloatRange(min=0.0, min_open=True), default=1.0, show_default=True,
                   help="Per-shopper gradient clip under DP.")
-    def train_cmd(data, out, epochs, patience, batch_size, lr, lr_schedule, d_model, layers, heads, dropout, max_len,
+    def train_cmd(data, out, epochs, patience, eval_every, batch_size, lr, lr_schedule, d_model, layers, heads, dropout, max_len,
                   negatives, hard_negatives, item_tower, id_embeddings, weight_decay, seed, threads, device,
                   max_minutes, export, encoder_backend, init, dp_epsilon, dp_delta, dp_max_grad_norm) -> None:
         """Train the session encoder on next-product prediction (contrastive, early stopping)."""
@@ -84,7 +86,7 @@ def register(cli: click.Group) -> None:
         settings = Settings.from_env(encoder_backend=encoder_backend, dp_epsilon=dp_epsilon, dp_delta=dp_delta)
         _train(data, settings, out, export=export, d_model=d_model, layers=layers, heads=heads, dropout=dropout,
                max_len=max_len, item_tower=item_tower, id_embeddings=id_embeddings, weight_decay=weight_decay, lr=lr, lr_schedule=lr_schedule, batch_size=batch_size, epochs=epochs,
-               patience=patience, negatives=negatives, hard_negatives=hard_negatives, seed=seed,
+               patience=patience, eval_every=eval_every, negatives=negatives, hard_negatives=hard_negatives, seed=seed,
                threads=threads, device=device, max_minutes=max_minutes, init=init,
                dp_epsilon=settings.dp_epsilon or None, dp_delta=settings.dp_delta, dp_max_grad_norm=dp_max_grad_norm)
 

@@ -157,3 +157,24 @@ def test_id_plus_text_model_serves_a_product_added_after_training(tmp_path, slic
     out = enc.embed([SessionSequence(np.stack([known[3], new[0]]), ["purchase", "view"], np.array([now - 60, now]))],
                     [now])
     assert np.linalg.norm(out[0]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_validation_every_n_epochs_keeps_the_best_validated_epoch(slice_data):
+    """--eval-every 2 over 3 epochs: full-ranking validation after epochs 2 and 3 only (the last
+    always), patience counted in validations; an id + title model with no item tower."""
+    from learn.split import leave_one_out
+    from learn.train import TrainConfig, train
+
+    data, vecs = slice_data
+    split = leave_one_out(data)
+    cfg = TrainConfig(d_model=32, layers=1, heads=2, ffn=64, item_tower=False, id_embeddings=True, batch_size=128,
+                      lr=3e-3, epochs=3, eval_every=2, patience=2, seed=0, threads=2)
+    result = train(data, vecs, split, cfg, progress=False)
+    assert [r["epoch"] for r in result.history] == [1, 2, 3]
+    assert ["ndcg@10" in r for r in result.history] == [False, True, True]
+    assert result.best_epoch in (2, 3)
+    assert result.best_valid["ndcg@10"] == max(r["ndcg@10"] for r in result.history[1:])
+    assert all(r["cpu_seconds"] > 0 for r in result.history)
+    with pytest.raises(ValueError, match="eval_every"):
+        TrainConfig(eval_every=0).validate()
+
