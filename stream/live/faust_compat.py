@@ -277,4 +277,3 @@ def forget_gap(consumer: Any, tp: Any) -> None:
         log.info("forgot Faust's offset gap(s) %s of %s-%d", sorted((i.begin, i.end) for i in gaps),
                  tp.topic, tp.partition)
         gaps.clear()
-

@@ -118,4 +118,3 @@ def test_gap_reach():
 
     assert "self._gap[tp]" in inspect.getsource(Consumer._new_offset)
     assert "gap_for_tp.addi(" in inspect.getsource(Consumer._add_gap)
-
