@@ -118,3 +118,24 @@ def test_gap_reach():
 
     assert "self._gap[tp]" in inspect.getsource(Consumer._new_offset)
     assert "gap_for_tp.addi(" in inspect.getsource(Consumer._add_gap)
+
+
+def test_batched_drain_is_a_copy_of_the_pinned_fetch_loop():
+    """install_batched_drain replaces Consumer._drain_messages with a copy that waits once per fetch.
+    If Faust's loop changed, the copy must be checked against the new one (and the hash updated)."""
+    import hashlib
+
+    from faust.transport.consumer import Consumer
+
+    from stream.live import faust_compat
+
+    original = faust_compat._installed.get("drain", Consumer._drain_messages)
+    digest = hashlib.sha256(inspect.getsource(original).encode()).hexdigest()
+    assert digest == faust_compat.DRAIN_SOURCE_SHA256, \
+        "faust-streaming's Consumer._drain_messages changed: re-check install_batched_drain against it"
+    for reach in ("self._read_offset", "self._commit_every", "self._n_acked", "self.suspend_flow",
+                  "self.consumer_stopped_errors", "self._add_gap(", "wait_first("):
+        assert reach in inspect.getsource(original) or reach in inspect.getsource(Consumer), reach
+    faust_compat.install_batched_drain()
+    assert Consumer._drain_messages is not original
+    assert inspect.iscoroutinefunction(Consumer._drain_messages)
