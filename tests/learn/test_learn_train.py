@@ -119,12 +119,12 @@ def test_short_training_beats_last_item_knn_on_a_small_slice(text_encoder):
 
     if not ONLINE_RETAIL.is_file():
         pytest.skip(f"Online Retail is not at {ONLINE_RETAIL} (../shared/data is absent)")
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     data = most_popular_slice(load_online_retail(ONLINE_RETAIL), 300, min_length=4, max_users=1200)
     vecs = text_encoder.encode(data.texts)
     split = leave_one_out(data)
     cfg = TrainConfig(d_model=32, layers=1, heads=2, ffn=64, item_hidden=128, max_len=30, batch_size=64, lr=3e-3,
-                      epochs=8, patience=8, seed=0, threads=2)
+                      epochs=8, patience=8, seed=0, threads=1)
     result = train(data, vecs, split, cfg, progress=False)
     method = _torch_method(result.model, torch.from_numpy(vecs), data.n_items, cfg.max_len)
     report = evaluate([LastItemKNN(vecs, data.n_items), method], data, split.test, progress=False)
