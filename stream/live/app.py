@@ -62,7 +62,7 @@ def create_app(settings: Settings, services: Services) -> Any:
     import faust
 
     from stream.live.faust_compat import (SessionTable, install_batched_drain, install_skip_ack_guard,
-                                          set_fetch_max_wait)
+                                          set_fetch_max_wait, take_ready)
 
     install_skip_ack_guard(settings.events_topic)     # Faust may not ack an event it skipped (issue #9)
     install_batched_drain()                           # one wait per fetch, not four tasks per message (issue 13)
@@ -91,7 +91,7 @@ def create_app(settings: Settings, services: Services) -> Any:
         within = settings.batch_wait_ms / 1000.0 or 0.001
         await catalog.wait_caught_up()      # events are processed against the whole catalogue
         batches.stream = stream
-        async for batch in stream.noack_take(settings.batch_size, within=within):
+        async for batch in take_ready(stream, settings.batch_size, within):   # no wait when none is waiting
             await batches.handle(batch)
 
     @app.timer(interval=0.25)

@@ -12,6 +12,7 @@ loudly when the pinned versions (faust-streaming 0.15.3, aiokafka 0.14.0) stop h
 5. :func:`install_skip_ack_guard` -- Faust must not ack an event it skipped without delivering.
 6. :func:`forget_gap` -- Faust must not commit over offsets the gap guard sought back to.
 7. :func:`install_batched_drain` -- Faust's fetch loop without four asyncio tasks per message.
+8. :func:`take_ready` -- ``Stream.noack_take`` that hands a batch on as soon as nothing more is waiting.
 
 True end offsets: Faust recovers a table by reading its changelog up to the end offsets that ListOffsets reports.
 tansu 0.x (the embedded broker) answers with the base offset of the partition's last record batch,
@@ -405,3 +406,87 @@ def install_batched_drain() -> None:
             unset_flag(CONSUMER_FETCHING)
 
     Consumer._drain_messages = _drain_messages
+
+
+# -- 8. micro-batches that do not wait when nothing more is coming ------------------------------------
+TAKE_SOURCE_SHA256 = "f2cc2dbfc162d2006c94361c0ed68535c95484020849eb0d4210c1f52c4c430a"
+
+
+async def take_ready(stream: Any, max_: int, within: float) -> Any:
+    """``stream.noack_take(max_, within)``, except that below full load a batch is handed on as soon
+    as the stream's queue holds no further event, instead of waiting out ``within`` to fill.
+
+    Faust's ``noack_take`` yields when the buffer reaches ``max_`` or ``within`` after the previous
+    batch; below full load every batch therefore waits the whole ``within`` (20 ms by default),
+    which is pure latency (issue 13), and a small ``within`` cuts batches short under load, because
+    the buffer is not filled while a batch is processed (``buffer_consuming``): 5 ms cost a third of
+    the peak throughput. Here, while the last batch was not full, a batch also ends when the event
+    just added was the last one waiting in the stream's queue (``stream.channel.queue``, what the
+    stream reads from): at low rates each event goes on at once. After a full batch -- the worker is
+    behind -- batches fill to ``max_`` or ``within`` as in Faust, which keeps the peak throughput
+    (handing on every partial batch at once cost ~10% of it: the queue runs dry for a moment each
+    time the fetch loop yields). A partial batch switches back.
+
+    A copy of faust-streaming 0.15.3's ``Stream.noack_take`` with that one condition added (its
+    source is pinned by ``TAKE_SOURCE_SHA256``); acks stay off, as there: the caller acks.
+    """
+    import asyncio
+
+    from mode.utils.futures import notify
+
+    buffer: list[Any] = []
+    buffer_full = asyncio.Event()
+    buffer_consumed = asyncio.Event()
+    timeout = within or None
+    enable_acks = stream.enable_acks
+    queue_empty = stream.channel.queue.empty
+    buffer_consuming: asyncio.Future | None = None
+    channel_it = stream.channel.__aiter__()
+    eager = True                                # the last batch was not full: below full load
+
+    async def add_to_buffer(value: Any) -> Any:
+        nonlocal buffer_consuming
+        try:
+            if buffer_consuming is not None:
+                try:
+                    await buffer_consuming
+                finally:
+                    buffer_consuming = None
+            event = stream.current_event
+            if event is None:
+                raise RuntimeError("Take buffer found current_event is None")
+            buffer.append(event)
+            if len(buffer) >= max_:
+                buffer_full.set()
+                buffer_consumed.clear()
+                await stream.wait(buffer_consumed)      # never more than max_ in a batch
+            elif eager and queue_empty():
+                buffer_full.set()                       # nothing more waiting: hand it on now
+        except asyncio.CancelledError:  # pragma: no cover
+            raise
+        except Exception as exc:  # noqa: BLE001 - as Faust: the stream crashes
+            stream.log.exception("Error adding to take buffer: %r", exc)
+            await stream.crash(exc)
+        return value
+
+    stream.enable_acks = False
+    stream.add_processor(add_to_buffer)
+    stream._enable_passive(channel_it)
+    try:
+        while not stream.should_stop:
+            await stream.wait_for_stopped(buffer_full, timeout=timeout)
+            if buffer:
+                buffer_consuming = stream.loop.create_future()
+                eager = len(buffer) < max_
+                try:
+                    yield list(buffer)
+                finally:
+                    buffer.clear()
+                    notify(buffer_consuming)
+                    buffer_full.clear()
+                    buffer_consumed.set()
+            else:
+                buffer_full.clear()
+    finally:
+        stream.enable_acks = enable_acks
+        stream._processors.remove(add_to_buffer)

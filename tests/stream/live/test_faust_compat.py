@@ -139,3 +139,21 @@ def test_batched_drain_is_a_copy_of_the_pinned_fetch_loop():
     faust_compat.install_batched_drain()
     assert Consumer._drain_messages is not original
     assert inspect.iscoroutinefunction(Consumer._drain_messages)
+
+
+def test_take_ready_is_a_copy_of_the_pinned_noack_take():
+    """take_ready copies Stream.noack_take and adds one condition; if Faust's changed, re-check it."""
+    import hashlib
+
+    import faust
+
+    from stream.live import faust_compat
+
+    digest = hashlib.sha256(inspect.getsource(faust.Stream.noack_take).encode()).hexdigest()
+    assert digest == faust_compat.TAKE_SOURCE_SHA256, \
+        "faust-streaming's Stream.noack_take changed: re-check take_ready against it"
+    source = inspect.getsource(faust.Stream)
+    for reach in ("def _enable_passive(", "def add_processor(", "self._processors", "self.current_event",
+                  "self.enable_acks", "chan.queue"):
+        assert reach in source, reach
+    assert callable(faust.Stream.wait_for_stopped)          # mode's Service

@@ -56,3 +56,24 @@ def test_thousand_events_fifty_users_with_bad_ones(settings_factory, worker_fact
     for rec in recs_of(recs):
         assert len(rec["items"]) == settings.top_k
         assert rec["index_version"] and rec["model_version"]
+
+
+def test_a_lone_event_is_not_held_back_to_fill_a_batch(settings_factory, worker_factory, catalog_products):
+    """Below full load a batch goes on as soon as nothing more is waiting (faust_compat.take_ready):
+    with a 4 s batch wait, each of five events sent one at a time is answered long before 4 s,
+    where Faust's noack_take would hold every one of them the whole wait."""
+    import time
+
+    settings = settings_factory(batch_wait_ms=4000)
+    worker_factory(settings)
+    pids = [p.id for p in catalog_products]
+    took = []
+    for n in range(5):
+        ev = event(n, f"lone-{n}", "view", item=pids[n])
+        start = time.monotonic()
+        run(produce_raw(settings, [keyed(ev)]))
+        recs = run(read_topic(settings, settings.recommendations_topic, timeout=30,
+                              until=lambda m, eid=ev["event_id"]: any(eid in r["event_ids"] for r in recs_of(m))))
+        assert any(ev["event_id"] in r["event_ids"] for r in recs_of(recs)), f"no recommendation for {ev}"
+        took.append(time.monotonic() - start)
+    assert max(took) < 2.0, f"seconds from send to recommendation: {took}"
