@@ -61,11 +61,13 @@ def create_app(settings: Settings, services: Services) -> Any:
     """A Faust app whose agent turns events into recommendations with ``services``."""
     import faust
 
-    from stream.live.faust_compat import (SessionTable, install_batched_drain, install_skip_ack_guard,
-                                          set_fetch_max_wait, take_ready)
+    from stream.live.faust_compat import (SessionTable, install_batched_drain,
+                                          install_fetch_max_wait, install_skip_ack_guard, set_fetch_max_wait,
+                                          take_ready)
 
     install_skip_ack_guard(settings.events_topic)     # Faust may not ack an event it skipped (issue #9)
     install_batched_drain()                           # one wait per fetch, not four tasks per message (issue 13)
+    install_fetch_max_wait(settings.fetch_max_wait_ms)   # from the first fetch on, not after ready
     app = faust.App(settings.app_id, **faust_options(settings))
     raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
                partitions=settings.partitions)

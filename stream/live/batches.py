@@ -130,7 +130,7 @@ class LiveBatches:
         consumer = app.consumer
         tps = [tp for tp in (consumer.assignment() if consumer is not None else ())
                if tp.topic == self.events_topic]
-        starts = {tp: await self._start_offset(tp) for tp in tps}
+        starts = await self._start_offsets(tps)
         if app.rebalancing or app.rebalancing_count != epoch:
             return False
         self._epoch = epoch
@@ -187,14 +187,20 @@ class LiveBatches:
         return out
 
     async def _start_offset(self, tp: Any) -> int:
-        """Where Faust's seek after the rebalance put ``tp``: its committed offset (Faust keeps 0 as
-        "none"), or the start of the log where nothing is committed."""
+        return (await self._start_offsets([tp]))[tp]
+
+    async def _start_offsets(self, tps: Sequence[Any]) -> dict[Any, int]:
+        """Where Faust's seek after the rebalance put each of ``tps``: its committed offset (Faust
+        keeps 0 as "none"), or the start of the log where nothing is committed, asked for all of
+        them in one request."""
         consumer = self.app.consumer
-        committed = committed_offset(consumer, tp)
-        if committed is not None:
-            return committed
-        earliest = (await consumer.earliest_offsets(tp)).get(tp)
-        return earliest or 0
+        starts = {tp: committed_offset(consumer, tp) for tp in tps}
+        unknown = [tp for tp, offset in starts.items() if offset is None]
+        if unknown:
+            earliest = await consumer.earliest_offsets(*unknown)
+            for tp in unknown:
+                starts[tp] = earliest.get(tp) or 0
+        return starts
 
     async def _seek_back(self, tp: Any, partition: int, expected: int, got: int | None) -> None:
         gap = self._gaps.get(partition)

@@ -4,7 +4,8 @@ Each reach says why no public API does the job; ``tests/stream/live/test_faust_c
 loudly when the pinned versions (faust-streaming 0.15.3, aiokafka 0.14.0) stop having what is used.
 
 1. :func:`install_highwater_check` -- true end offsets for table recovery (below).
-2. :func:`set_fetch_max_wait` -- the consumer's fetch wait, which Faust fixes at 1,500 ms.
+2. :func:`install_fetch_max_wait`, :func:`set_fetch_max_wait` -- the consumer's fetch wait, which
+   Faust fixes at 1,500 ms.
 3. :class:`SessionTable` -- reads, writes and deletes of the sessions table that name their
    partition, instead of Faust's ambient "current event".
 4. :func:`committed_offset` -- the last committed offset of a partition (consumer lag, and the
@@ -86,6 +87,30 @@ def install_highwater_check(settings: Settings) -> None:
 
 
 # -- 2. the consumer's fetch wait ------------------------------------------------------------------
+def install_fetch_max_wait(ms: int) -> None:
+    """Give Faust's consumer ``fetch_max_wait_ms`` from its creation on.
+
+    :func:`set_fetch_max_wait` sets it on the running fetcher once the app's tasks run -- after
+    the worker is ready, when a fetch issued with Faust's 1,500 ms may still be waiting at tansu:
+    a new worker's first events then waited ~0.5 s for it (issue 13: the first second's latency
+    tail at 500 events/s). aiokafka's consumer keeps the value (``_fetch_max_wait_ms``) until
+    ``start()`` hands it to its fetcher, so it is set on the consumer Faust creates.
+    """
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    _installed["fetch_max_wait_ms"] = ms
+    if "create_worker_consumer" in _installed:
+        return
+    original = _installed["create_worker_consumer"] = AIOKafkaConsumerThread._create_worker_consumer
+
+    def _create_worker_consumer(self, transport):  # noqa: ANN001, ANN202 - faust's signature
+        consumer = original(self, transport)
+        consumer._fetch_max_wait_ms = _installed["fetch_max_wait_ms"]
+        return consumer
+
+    AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer
+
+
 async def set_fetch_max_wait(app: Any, ms: int) -> None:
     """Bound how long a fetch waits for data on the worker's consumer.
 

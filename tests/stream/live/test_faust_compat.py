@@ -157,3 +157,20 @@ def test_take_ready_is_a_copy_of_the_pinned_noack_take():
                   "self.enable_acks", "chan.queue"):
         assert reach in source, reach
     assert callable(faust.Stream.wait_for_stopped)          # mode's Service
+
+
+def test_fetch_wait_reaches_the_consumer_faust_creates():
+    """install_fetch_max_wait sets aiokafka's _fetch_max_wait_ms on the consumer Faust creates,
+    which aiokafka hands to its fetcher in start(): the first fetch already waits that long."""
+    import aiokafka
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    from stream.live import faust_compat
+
+    assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in inspect.getsource(aiokafka.AIOKafkaConsumer.start)
+    assert "fetch_max_wait_ms=1500" in inspect.getsource(
+        faust_compat._installed.get("create_worker_consumer", AIOKafkaConsumerThread._create_worker_consumer))
+    assert "self._fetch_max_wait_ms = fetch_max_wait_ms" in inspect.getsource(aiokafka.AIOKafkaConsumer.__init__)
+    faust_compat.install_fetch_max_wait(25)
+    assert AIOKafkaConsumerThread._create_worker_consumer is not faust_compat._installed["create_worker_consumer"]
+    assert faust_compat._installed["fetch_max_wait_ms"] == 25
