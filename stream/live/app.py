@@ -62,8 +62,7 @@ def create_app(settings: Settings, services: Services) -> Any:
     import faust
 
     from stream.live.faust_compat import (SessionTable, install_batched_drain,
-                                          install_fetch_max_wait, install_skip_ack_guard, set_fetch_max_wait,
-                                          take_ready)
+                                          install_fetch_max_wait, install_skip_ack_guard, take_ready)
 
     install_skip_ack_guard(settings.events_topic)     # Faust may not ack an event it skipped (issue #9)
     install_batched_drain()                           # one wait per fetch, not four tasks per message (issue 13)
@@ -99,10 +98,6 @@ def create_app(settings: Settings, services: Services) -> Any:
     @app.timer(interval=0.25)
     async def retry_held() -> None:
         await batches.retry_held()
-
-    @app.task
-    async def tune_fetch_wait() -> None:
-        await set_fetch_max_wait(app, settings.fetch_max_wait_ms)
 
     @app.on_partitions_revoked.connect
     async def release_revoked(app, revoked, **kwargs) -> None:  # noqa: ANN001 - faust signal

@@ -342,17 +342,24 @@ class LiveBatches:
         from stream.core import session_state
 
         now = time.time() if now is None else now
+
+        def expired_state(raw: bytes | None) -> bool:
+            """True for a session idle past retention, or unreadable (nothing worth keeping)."""
+            if raw is None:
+                return False
+            try:
+                state = session_state.loads(raw)
+            except Exception:  # noqa: BLE001 - unreadable
+                return True
+            return state is None or now - state.get("seen_at", now) > retention_s
+
         n = 0
         releases = self._releases
         for partition in sorted(self.owned_partitions()):
             expired = []
             seen = 0
             for _, key, raw in self.sessions.items({partition}):
-                try:
-                    state = session_state.loads(raw)
-                except Exception:  # noqa: BLE001 - unreadable: nothing worth keeping
-                    state = None
-                if state is None or now - state.get("seen_at", now) > retention_s:
+                if expired_state(raw):
                     expired.append(key)
                 seen += 1
                 if seen % chunk == 0:
@@ -364,12 +371,7 @@ class LiveBatches:
                 return n
             async with self._lock:           # not while a batch folds these sessions
                 for i, key in enumerate(expired, 1):
-                    raw = self.sessions.get(partition, key)
-                    try:
-                        state = session_state.loads(raw) if raw is not None else None
-                    except Exception:  # noqa: BLE001
-                        state = None
-                    if raw is not None and (state is None or now - state.get("seen_at", now) > retention_s):
+                    if expired_state(self.sessions.get(partition, key)):    # a batch may have refreshed it
                         self.sessions.delete(partition, key)
                         n += 1
                     if i % chunk == 0:

@@ -4,8 +4,7 @@ Each reach says why no public API does the job; ``tests/stream/live/test_faust_c
 loudly when the pinned versions (faust-streaming 0.15.3, aiokafka 0.14.0) stop having what is used.
 
 1. :func:`install_highwater_check` -- true end offsets for table recovery (below).
-2. :func:`install_fetch_max_wait`, :func:`set_fetch_max_wait` -- the consumer's fetch wait, which
-   Faust fixes at 1,500 ms.
+2. :func:`install_fetch_max_wait` -- the consumer's fetch wait, which Faust fixes at 1,500 ms.
 3. :class:`SessionTable` -- reads, writes and deletes of the sessions table that name their
    partition, instead of Faust's ambient "current event".
 4. :func:`committed_offset` -- the last committed offset of a partition (consumer lag, and the
@@ -90,11 +89,13 @@ def install_highwater_check(settings: Settings) -> None:
 def install_fetch_max_wait(ms: int) -> None:
     """Give Faust's consumer ``fetch_max_wait_ms`` from its creation on.
 
-    :func:`set_fetch_max_wait` sets it on the running fetcher once the app's tasks run -- after
-    the worker is ready, when a fetch issued with Faust's 1,500 ms may still be waiting at tansu:
-    a new worker's first events then waited ~0.5 s for it (issue 13: the first second's latency
-    tail at 500 events/s). aiokafka's consumer keeps the value (``_fetch_max_wait_ms``) until
-    ``start()`` hands it to its fetcher, so it is set on the consumer Faust creates.
+    Faust fixes its consumer's ``fetch_max_wait_ms`` at 1500 and offers no setting for it. A broker
+    that answers a fetch only when that wait ends (tansu, the embedded default) then adds up to
+    1.5 s to every event. aiokafka's consumer keeps the value (``_fetch_max_wait_ms``) until
+    ``start()`` hands it to its fetcher, so it is set on the consumer Faust creates, before its
+    first fetch. (Setting it on the running fetcher from an app task, as before, came after the
+    worker was ready, while a fetch with 1,500 ms could still be waiting: a new worker's first
+    events waited ~0.5 s for it -- issue 13.)
     """
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
@@ -106,32 +107,10 @@ def install_fetch_max_wait(ms: int) -> None:
     def _create_worker_consumer(self, transport):  # noqa: ANN001, ANN202 - faust's signature
         consumer = original(self, transport)
         consumer._fetch_max_wait_ms = _installed["fetch_max_wait_ms"]
+        log.info("consumer fetch_max_wait_ms = %d", consumer._fetch_max_wait_ms)
         return consumer
 
     AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer
-
-
-async def set_fetch_max_wait(app: Any, ms: int) -> None:
-    """Bound how long a fetch waits for data on the worker's consumer.
-
-    Faust fixes its consumer's ``fetch_max_wait_ms`` at 1500 and offers no setting for it. A broker
-    that answers a fetch only when that wait ends (tansu, the embedded default) then adds up to
-    1.5 s to every event. aiokafka reads the value per request, so it is set on the running
-    consumer's fetcher (``consumer._thread._consumer._fetcher``) as soon as the consumer thread
-    has made one.
-    """
-    import asyncio
-
-    for _ in range(600):
-        thread = getattr(app.consumer, "_thread", None)
-        consumer = getattr(thread, "_consumer", None)
-        fetcher = getattr(consumer, "_fetcher", None)
-        if fetcher is not None:
-            fetcher._fetch_max_wait_ms = ms
-            log.info("consumer fetch_max_wait_ms = %d", ms)
-            return
-        await asyncio.sleep(0.1)
-    log.warning("could not set the consumer's fetch_max_wait_ms; fetches may wait up to 1.5 s")
 
 
 # -- 3. the sessions table, partition by partition -------------------------------------------------

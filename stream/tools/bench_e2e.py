@@ -150,7 +150,7 @@ async def _drive(settings: Settings, events, rate: float | None, progress: bool,
     await producer.stop()
     await consumer.stop()
     lat = np.array(list(latency.values())) * 1000 if latency else np.zeros(1)
-    # the same without the first second: a new worker's caches (search-query embeddings) start cold
+    # the same without the first second: a new worker's first batches run cold (query cache, models)
     steady = np.array([v for e, v in latency.items() if sent_at[e] - t_start >= 1.0]) * 1000
     steady = steady if steady.size else np.zeros(1)
     elapsed = (last_arrival[0] or time.time()) - t_start
@@ -287,6 +287,6 @@ def render(r: dict) -> None:
     click.echo(f"latency (ms)       p50 {lat['p50']}  p95 {lat['p95']}  p99 {lat['p99']}  max {lat['max']}")
     st = r.get("latency_after_first_second_ms")
     if st:
-        click.echo(f"  after 1st second p50 {st['p50']}  p99 {st['p99']}  max {st['max']}  (caches warm)")
+        click.echo(f"  after 1st second p50 {st['p50']}  p99 {st['p99']}  max {st['max']}  (worker warm)")
     click.echo(f"events             {r['events_valid']} valid: {r['reflected']} reflected, {r['missing']} missing; "
                f"{r['events_malformed']} malformed: {r['dead_lettered']} dead-lettered; {r['unexpected']} unexpected")
