@@ -46,6 +46,7 @@ class Settings:
     partitioner: str = "murmur2"             # how the shop's producers place keys: murmur2 (Java, aiokafka) | crc32 (librdkafka)
     replication_factor: int = 1
     fetch_max_wait_ms: int = 25              # longest a consumer fetch waits for data (latency bound)
+    producer_linger_ms: int = 0              # the worker's producer: wait this long to fill a batch (0: send now)
     session_timeout_s: float = 10.0          # consumer group: a worker silent this long is replaced
     # -- processing --------------------------------------------------------------------------------
     batch_size: int = 256                    # most events per micro-batch
@@ -129,6 +130,8 @@ class Settings:
             bad(f"dead_letter_max_bytes must be at least 1024, got {self.dead_letter_max_bytes}")
         if self.batch_wait_ms < 0:
             bad("batch_wait_ms must not be negative")
+        if self.producer_linger_ms < 0:
+            bad(f"producer_linger_ms must not be negative, got {self.producer_linger_ms}")
         if self.model_threads < 0:
             bad(f"model_threads must not be negative (0: every core), got {self.model_threads}")
         if not 0.0 <= self.search_blend <= 1.0:

@@ -37,7 +37,7 @@ def faust_options(settings: Settings) -> dict[str, Any]:
         consumer_auto_offset_reset="earliest",
         processing_guarantee="at_least_once",
         producer_acks=-1,
-        producer_linger_ms=5,
+        producer_linger_ms=settings.producer_linger_ms,   # 0: a batch's sends go at once (issue 13)
         broker_session_timeout=settings.session_timeout_s,
         broker_rebalance_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
@@ -61,9 +61,10 @@ def create_app(settings: Settings, services: Services) -> Any:
     """A Faust app whose agent turns events into recommendations with ``services``."""
     import faust
 
-    from stream.live.faust_compat import (SessionTable, install_batched_drain,
+    from stream.live.faust_compat import (SessionTable, install_batched_drain, install_changelog_fetch_pause,
                                           install_fetch_max_wait, install_skip_ack_guard, take_ready)
 
+    install_changelog_fetch_pause()                   # a changelog Faust does not read is not fetched
     install_skip_ack_guard(settings.events_topic)     # Faust may not ack an event it skipped (issue #9)
     install_batched_drain()                           # one wait per fetch, not four tasks per message (issue 13)
     install_fetch_max_wait(settings.fetch_max_wait_ms)   # from the first fetch on, not after ready

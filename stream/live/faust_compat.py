@@ -13,6 +13,7 @@ loudly when the pinned versions (faust-streaming 0.15.3, aiokafka 0.14.0) stop h
 6. :func:`forget_gap` -- Faust must not commit over offsets the gap guard sought back to.
 7. :func:`install_batched_drain` -- Faust's fetch loop without four asyncio tasks per message.
 8. :func:`take_ready` -- ``Stream.noack_take`` that hands a batch on as soon as nothing more is waiting.
+9. :func:`install_changelog_fetch_pause` -- a changelog partition Faust does not read is not fetched.
 
 True end offsets: Faust recovers a table by reading its changelog up to the end offsets that ListOffsets reports.
 tansu 0.x (the embedded broker) answers with the base offset of the partition's last record batch,
@@ -111,6 +112,66 @@ def install_fetch_max_wait(ms: int) -> None:
         return consumer
 
     AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer
+
+
+def install_changelog_fetch_pause() -> None:
+    """Make Faust's pause of a changelog partition stop aiokafka fetching it, and its resume resume it.
+
+    Faust "pauses" a partition only in its own bookkeeping (``Consumer.pause_partitions`` takes it
+    out of the set ``getmany`` asks aiokafka for); aiokafka's fetcher still fetches every assigned
+    partition. A worker's own sessions changelog, which it writes and does not read once recovered,
+    was therefore fetched too, and the fetched records sat in aiokafka's buffer, never taken. While
+    such a buffered result is younger than aiokafka's ``prefetch_backoff`` (100 ms), aiokafka sends
+    *no* fetch to that broker at all: each changelog partition's first write held every event
+    partition back for ~100 ms -- the first second's 90-190 ms latency tail (issue 13).
+
+    Here every pause and resume of a *changelog* partition (Faust's recovery resumes them to read,
+    and pauses them when done; standbys stay resumed) is applied to aiokafka's consumer as well,
+    in the consumer's own thread and event loop (aiokafka's pause makes a future there). A partition
+    no longer assigned when that runs is skipped: the next assignment pauses and resumes afresh.
+    Event partitions are left exactly to Faust.
+    """
+    from aiokafka import TopicPartition
+    from faust.transport.consumer import Consumer
+
+    if "pause_partitions" in _installed:
+        return
+    pause = _installed["pause_partitions"] = Consumer.pause_partitions
+    resume = _installed["resume_partitions"] = Consumer.resume_partitions
+
+    def mirror(consumer, tps: set, paused: bool) -> None:  # noqa: ANN001
+        changelogs = consumer.app.tables.changelog_topics
+        wanted = [TopicPartition(tp.topic, tp.partition) for tp in tps if tp.topic in changelogs]
+        thread = getattr(consumer, "_thread", None)
+        loop = getattr(thread, "thread_loop", None)
+        if not wanted or loop is None or loop.is_closed():
+            return
+
+        def apply() -> None:
+            aio = getattr(thread, "_consumer", None)
+            if aio is None:
+                return
+            for tp in wanted:
+                try:
+                    (aio.pause if paused else aio.resume)(tp)
+                except Exception:  # noqa: BLE001 - not assigned (any more): nothing to pause
+                    log.debug("changelog partition %s not assigned; fetch %s skipped", tp,
+                              "pause" if paused else "resume")
+
+        loop.call_soon_threadsafe(apply)
+
+    def pause_partitions(self, tps) -> None:  # noqa: ANN001 - faust's signature
+        tps = set(tps)
+        pause(self, tps)
+        mirror(self, tps, True)
+
+    def resume_partitions(self, tps) -> None:  # noqa: ANN001 - faust's signature
+        tps = set(tps)
+        resume(self, tps)
+        mirror(self, tps, False)
+
+    Consumer.pause_partitions = pause_partitions
+    Consumer.resume_partitions = resume_partitions
 
 
 # -- 3. the sessions table, partition by partition -------------------------------------------------

@@ -174,3 +174,80 @@ def test_fetch_wait_reaches_the_consumer_faust_creates():
     faust_compat.install_fetch_max_wait(25)
     assert AIOKafkaConsumerThread._create_worker_consumer is not faust_compat._installed["create_worker_consumer"]
     assert faust_compat._installed["fetch_max_wait_ms"] == 25
+
+
+def test_a_changelog_faust_pauses_is_not_fetched_and_one_it_resumes_is(broker, tmp_path):
+    """install_changelog_fetch_pause: Faust's pause of a changelog partition reaches aiokafka's
+    fetcher (a real consumer on the real broker, in its own thread and loop as Faust runs it), so
+    the worker's own changelog writes are not fetched into a buffer nobody empties -- which stopped
+    every fetch to the broker for aiokafka's 100 ms prefetch backoff (issue 13). Event partitions
+    are left alone, and a resume (recovery, standbys) fetches the changelog again."""
+    import asyncio
+    import threading
+    import uuid
+    from types import SimpleNamespace
+
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+    from faust.transport.consumer import Consumer
+
+    from stream.live import faust_compat
+    from stream.ops.topics import TopicSpec, ensure_topics
+    from stream.settings import Settings
+
+    run_id = uuid.uuid4().hex[:8]
+    events, changelog = f"ev-{run_id}", f"app-{run_id}-sessions-changelog"
+    settings = Settings(broker=broker, data_dir=tmp_path)
+    asyncio.run(ensure_topics(settings, [TopicSpec(events, 1), TopicSpec(changelog, 1, compacted=True)]))
+    ev_tp, cl_tp = TopicPartition(events, 0), TopicPartition(changelog, 0)
+
+    loop = asyncio.new_event_loop()                 # the consumer's own thread and loop, as in Faust
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+
+    def in_thread(coro, timeout=20):
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
+
+    async def start():
+        c = AIOKafkaConsumer(bootstrap_servers=broker, group_id=None, fetch_max_wait_ms=25,
+                             auto_offset_reset="earliest", enable_auto_commit=False)
+        await c.start()
+        c.assign([ev_tp, cl_tp])
+        return c
+
+    aio = in_thread(start())
+    faust_consumer = SimpleNamespace(app=SimpleNamespace(tables=SimpleNamespace(changelog_topics={changelog})),
+                                     _thread=SimpleNamespace(thread_loop=loop, _consumer=aio),
+                                     _active_partitions={ev_tp, cl_tp}, _paused_partitions=set())
+    faust_consumer._get_active_partitions = lambda: faust_consumer._active_partitions
+
+    async def produce():
+        p = AIOKafkaProducer(bootstrap_servers=broker)
+        await p.start()
+        try:
+            await p.send_and_wait(events, b"v", key=b"k", partition=0)
+            await p.send_and_wait(changelog, b"s", key=b"k", partition=0)
+        finally:
+            await p.stop()
+
+    async def buffered(tp, want, timeout=5.0):
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            if (tp in aio._fetcher._records) == want:
+                return True
+            await asyncio.sleep(0.02)
+        return False
+
+    faust_compat.install_changelog_fetch_pause()
+    try:
+        Consumer.pause_partitions(faust_consumer, [ev_tp, cl_tp])        # as Faust does on assignment
+        Consumer.resume_partitions(faust_consumer, [ev_tp])              # streams resume; changelog stays paused
+        in_thread(asyncio.sleep(0.1))
+        assert in_thread(asyncio.sleep(0, aio.paused())) == {cl_tp}
+        assert faust_consumer._paused_partitions == {cl_tp}              # Faust's own bookkeeping still done
+        asyncio.run(produce())
+        assert in_thread(buffered(ev_tp, True)), "the events partition was not fetched"
+        assert not in_thread(buffered(cl_tp, True, timeout=1.0)), "a paused changelog was fetched"
+        Consumer.resume_partitions(faust_consumer, [cl_tp])              # recovery or a standby reads it
+        assert in_thread(buffered(cl_tp, True)), "a resumed changelog was not fetched"
+    finally:
+        in_thread(aio.stop())
+        loop.call_soon_threadsafe(loop.stop)
