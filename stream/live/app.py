@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from stream.core.pipeline import Pipeline
@@ -25,6 +26,16 @@ def broker_credentials(settings: Settings) -> Any:
         return faust.SASLCredentials(username=settings.sasl_username, password=str(settings.sasl_password),
                                      mechanism=settings.sasl_mechanism, ssl_context=ctx)
     return faust.SSLCredentials(ctx)
+
+
+def faust_datadir(settings: Settings) -> dict[str, Any]:
+    """Faust's own folder (``<datadir>/v1``, made when the app starts) under the data directory:
+    Faust's default, ``<app_id>-data``, is relative to wherever the worker was started."""
+    if settings.data_dir is None:
+        return {}
+    parent = Path(settings.data_dir) / "faust"
+    parent.mkdir(parents=True, exist_ok=True)
+    return {"datadir": str((parent / settings.app_id).resolve())}
 
 
 def faust_options(settings: Settings) -> dict[str, Any]:
@@ -54,6 +65,7 @@ def faust_options(settings: Settings) -> dict[str, Any]:
         table_cleanup_interval=60.0,
         logging_config=None,
         **faust_store_options(settings),        # RocksDB on disk by default; memory for tests
+        **faust_datadir(settings),
     )
 
 

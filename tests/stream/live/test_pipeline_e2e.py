@@ -21,8 +21,12 @@ BAD = [
 
 
 def test_thousand_events_fifty_users_with_bad_ones(settings_factory, worker_factory, catalog_products):
+    from pathlib import Path
+
     settings = settings_factory()
     worker_factory(settings)
+    assert (Path(settings.data_dir) / "faust" / settings.app_id / "v1").is_dir()
+    assert not (Path.cwd() / f"{settings.app_id}-data").exists(), "Faust's folder left in the working directory"
     rng = random.Random(3)
     pids = [p.id for p in catalog_products]
     users = [f"user-{i}" for i in range(60)]
