@@ -108,6 +108,14 @@ def create_app(settings: Settings, services: Services) -> Any:
         async for batch in take_ready(stream, settings.batch_size, within):   # no wait when none is waiting
             await batches.handle(batch)
 
+    @app.task
+    async def drop_faust_monitor() -> None:
+        """Faust's Monitor sensor keeps per-event statistics for Faust's own web views, which a
+        worker does not serve (its /metrics is shopstream's); every event pays for them on the
+        event loop. Removed (public ``app.sensors``): +4.5% events/s with 2,000 shoppers (issue 13)."""
+        if app.monitor in app.sensors:
+            app.sensors.remove(app.monitor)
+
     @app.timer(interval=0.25)
     async def retry_held() -> None:
         await batches.retry_held()
