@@ -158,7 +158,10 @@ def install_changelog_fetch_pause() -> None:
                     log.debug("changelog partition %s not assigned; fetch %s skipped", tp,
                               "pause" if paused else "resume")
 
-        loop.call_soon_threadsafe(apply)
+        try:
+            loop.call_soon_threadsafe(apply)
+        except RuntimeError:       # the consumer's loop closed meanwhile (a stopping worker)
+            log.debug("consumer loop closed; changelog fetch %s skipped", "pause" if paused else "resume")
 
     def pause_partitions(self, tps) -> None:  # noqa: ANN001 - faust's signature
         tps = set(tps)
