@@ -144,6 +144,7 @@ def install_changelog_fetch_pause() -> None:
         wanted = [TopicPartition(tp.topic, tp.partition) for tp in tps if tp.topic in changelogs]
         thread = getattr(consumer, "_thread", None)
         loop = getattr(thread, "thread_loop", None)
+        what = "pause" if paused else "resume"
         if not wanted or loop is None or loop.is_closed():
             return
 
@@ -153,15 +154,14 @@ def install_changelog_fetch_pause() -> None:
                 return
             for tp in wanted:
                 try:
-                    (aio.pause if paused else aio.resume)(tp)
+                    getattr(aio, what)(tp)
                 except Exception:  # noqa: BLE001 - not assigned (any more): nothing to pause
-                    log.debug("changelog partition %s not assigned; fetch %s skipped", tp,
-                              "pause" if paused else "resume")
+                    log.debug("changelog partition %s not assigned; fetch %s skipped", tp, what)
 
         try:
             loop.call_soon_threadsafe(apply)
         except RuntimeError:       # the consumer's loop closed meanwhile (a stopping worker)
-            log.debug("consumer loop closed; changelog fetch %s skipped", "pause" if paused else "resume")
+            log.debug("consumer loop closed; changelog fetch %s skipped", what)
 
     def pause_partitions(self, tps) -> None:  # noqa: ANN001 - faust's signature
         tps = set(tps)
