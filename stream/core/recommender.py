@@ -109,7 +109,7 @@ class Recommender:
         produced_at = iso(self._now())
         recs = []
         for ub, vec, cands, excl in zip(batch, user_vecs, found, exclusions):
-            if not np.any(vec):
+            if not vec.any():              # the method: np.any() costs ~10 us of Python per call
                 items = self._popular(index, excl)
             else:
                 items = [{"product_id": c.product_id, "score": round(c.score, 6)} for c in cands]
@@ -145,7 +145,7 @@ class Recommender:
         order = 1.0 - np.arange(n, dtype=np.float32) / max(n, 1)
         affinity = index.score(user_vec[None, :], [list(results)])[0]
         affinity = np.where(np.isfinite(affinity), affinity, 0.0)
-        if not np.any(user_vec):
+        if not user_vec.any():
             affinity = np.zeros_like(affinity)
         scores = self.search_blend * affinity + (1.0 - self.search_blend) * order
         ranked = sorted(range(n), key=lambda i: (-scores[i], i))

@@ -40,6 +40,23 @@ def test_each_kind_finds_the_exact_neighbours(kind):
     assert index.search_kind == kind
 
 
+def test_a_batch_of_queries_is_scored_through_blas_and_agrees_with_single_queries():
+    """Exact search of a worker's batch goes through one BLAS product (from ``BLAS_MIN_QUERIES`` rows;
+    faiss-cpu 1.15.1 ships a threshold that never reaches it), and finds what one query at a time does."""
+    import faiss
+
+    from index.kinds import BLAS_MIN_QUERIES
+
+    index, _, _ = make("flat")
+    assert faiss.cvar.distance_compute_blas_threshold == BLAS_MIN_QUERIES
+    queries = synthetic_vectors(3064, DIM, seed=0)[3000:]
+    batched = index.search(queries, 10)
+    single = [index.search(q[None, :], 10)[0] for q in queries]
+    assert ids(batched) == ids(single)
+    assert np.allclose([[c.score for c in row] for row in batched], [[c.score for c in row] for row in single],
+                       atol=1e-5)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_removed_and_replaced_products_never_come_back(kind):
     index, products, vecs = make(kind)

@@ -139,6 +139,25 @@ def test_a_wrongly_keyed_event_is_resent_to_its_users_partition(make_pipeline, p
         assert r.key == b"u7" and r.partition == partition_for(name, b"u7", 4)
 
 
+def test_a_shop_that_partitions_differently_is_told_once(make_pipeline, products, caplog):
+    """The keying check runs on one event per partition and batch (not per event): a partition
+    whose first event sits where the partitioner would put it, then one that does not, warns once."""
+    users = [f"u{n}" for n in range(200)]
+    agree = next(u for u in users if partition_for("murmur2", u.encode(), 4) == partition_for("crc32", u.encode(), 4))
+    differ = next(u for u in users if partition_for("murmur2", u.encode(), 4) != partition_for("crc32", u.encode(), 4))
+    p = make_pipeline(partitioner="murmur2", partitions=4)
+    at = partition_for("crc32", agree.encode(), 4)
+    with caplog.at_level("WARNING", logger="stream.core.pipeline"):
+        out = p.process([msg(1, event(1, agree, products[0]), partition=at)], Store().read)
+        assert len(out.recommendations) == 1 and not caplog.records
+        crc = partition_for("crc32", differ.encode(), 4)      # as a librdkafka storefront sends it
+        batch = [msg(n, event(n, differ, products[n]), partition=crc) for n in range(2, 5)]
+        out = p.process(batch, Store().read)
+        out = p.process(batch, Store().read)
+    assert len(out.recommendations) == 1                       # the events are served all the same
+    warned = [r for r in caplog.records if "SHOPSTREAM_PARTITIONER=crc32" in r.getMessage()]
+    assert len(warned) == 1
+
 def test_dead_letters_are_cut_to_size_with_their_hash():
     big = b"x" * 2_000_000
     dl = DeadLetter(Message(b"k", big, "events", 3, 42), "oversized", "too big")
