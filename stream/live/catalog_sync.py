@@ -41,6 +41,7 @@ from typing import Any, Iterable
 
 from index import CatalogError, SnapshotError, load_snapshot, read_manifest
 from stream.core.catalog import CatalogUpdate, apply_prepared, parse_record, prepare_updates
+from stream.live import heap
 from stream.live.services import Services
 from stream.settings import Settings
 
@@ -152,6 +153,8 @@ class CatalogSync:
         self.services.metrics.set_index(fresh.version, len(fresh))
         log.info("swapped index %s -> %s (%d products, %d catalogue update(s) re-applied) in %.2fs",
                  old.version, fresh.version, len(fresh), len(replay), time.perf_counter() - t0)
+        del old
+        heap.refreeze("an index swap")            # the index let go may sit in reference cycles
         return True
 
     # -- the supervised loop ------------------------------------------------------------------

@@ -24,6 +24,7 @@ from typing import Any
 
 from stream.core.variants import Arm
 from stream.errors import ConfigError
+from stream.live import heap
 from stream.live.services import Services, load_arm
 from stream.ops.models import ModelRecord, latest, serving
 from stream.settings import Settings
@@ -84,6 +85,7 @@ class ModelFollower:
         self.swaps += 1
         log.info("models topic: now serving %s", ", ".join(
             f"{a.name}={a.recommender.session_encoder.model_version} ({a.weight:.0%})" for a in arms))
+        heap.refreeze("a model swap")             # the models let go may sit in reference cycles
         return True
 
     def _arms_for(self, default: ModelRecord | None, candidate: ModelRecord | None) -> list[Arm]:

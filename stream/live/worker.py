@@ -12,6 +12,7 @@ log = logging.getLogger(__name__)
 def run_worker(settings: Settings) -> None:
     from faust.worker import Worker
 
+    from stream.live import heap
     from stream.live.app import create_app
     from stream.live.faust_compat import install_highwater_check
     from stream.live.services import load_services
@@ -25,6 +26,7 @@ def run_worker(settings: Settings) -> None:
     install_highwater_check(settings)         # tables recover to the true end of their changelog
     services = load_services(settings, metrics=create_metrics())
     app = create_app(settings, services)
+    log.info("start-up heap frozen: %d object(s) out of the collector's way", heap.freeze())
     worker = Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False,
                     logging_config=worker_logging_config(settings.log_level, settings.log_format))
     worker.execute_from_commandline()
