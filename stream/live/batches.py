@@ -265,7 +265,30 @@ class LiveBatches:
         for m in result.done:
             if m.partition in owned:
                 self.unacked.setdefault(m.partition, {})[m.offset] = events_of[(m.partition, m.offset)]
+        await self._write_changelog()
         await self._ack_up_to_held()
+
+    async def _write_changelog(self) -> None:
+        """Send the changelog records of the session writes just made, in one go, and wait until
+        they are in Kafka (retried like every send: never dropped); then each partition's local
+        store records the changelog offset it holds. Acks follow, so a commit never passes an
+        event whose session write is not in the changelog."""
+        records = self.sessions.take_outbox()
+        if not records:
+            return
+        topic = self.sessions.changelog_topic
+        last: dict[int, tuple[Any, int]] = {}
+
+        def delivered(_item: tuple, md: Any) -> None:
+            if md.partition not in last or md.offset > last[md.partition][1]:
+                last[md.partition] = (md.topic_partition, md.offset)
+
+        await publish(self.app.producer, [(topic, key, value, partition, None) for partition, key, value in records],
+                      on_delivered=delivered)
+        owned = self.owned_partitions()
+        for partition, (tp, offset) in last.items():
+            if partition in owned:             # a revoked partition's database stays closed
+                self.sessions.delivered(tp, offset)
 
     async def _ack_up_to_held(self) -> None:
         """Ack what is done, but on each partition only below its oldest held event.
@@ -375,9 +398,11 @@ class LiveBatches:
                         self.sessions.delete(partition, key)
                         n += 1
                     if i % chunk == 0:
+                        await self._write_changelog()
                         await asyncio.sleep(0)
                         if self._releases != releases:
                             return n
+                await self._write_changelog()
         return n
 
     def release(self, partitions: set[int]) -> None:
@@ -393,8 +418,10 @@ class LiveBatches:
         self._executor.shutdown(wait=False)
 
 
-async def publish(producer: Any, sends: list[tuple[str, bytes | None, bytes | None, int | None, list | None]]) -> None:
-    """Send every (topic, key, value, partition, headers) and wait until each is delivered.
+async def publish(producer: Any, sends: list[tuple[str, bytes | None, bytes | None, int | None, list | None]], *,
+                  on_delivered: Any = None) -> None:
+    """Send every (topic, key, value, partition, headers) and wait until each is delivered
+    (``on_delivered(item, record_metadata)`` for each, when given).
 
     A failed send is retried with backoff until it goes through: a broker that is away stalls the
     batch, it never drops one. A dead letter the broker refuses as too large goes again without
@@ -414,9 +441,12 @@ async def publish(producer: Any, sends: list[tuple[str, bytes | None, bytes | No
                 failed.append(_after_failure(item, exc, attempt))
         for item, fut in futures:
             try:
-                await fut
+                metadata = await fut
             except Exception as exc:  # noqa: BLE001
                 failed.append(_after_failure(item, exc, attempt))
+            else:
+                if on_delivered is not None:
+                    on_delivered(item, metadata)
         if failed:
             await asyncio.sleep(delay)
             delay = min(delay * 2, MAX_SEND_BACKOFF_S)

@@ -184,9 +184,16 @@ class SessionTable:
     Faust's ``Table.__setitem__`` sends the changelog record to the partition of the *current
     event* (a contextvar), which a micro-batch spanning partitions cannot honestly set; its
     RocksDB store also *reads* from the current event's partition. Here a write goes to the local
-    store and, through the public ``Table.send_changelog(partition, ...)``, to the changelog
-    partition the caller names; the changelog's delivery callback records in the partition's
-    RocksDB database the offset it holds (what a restart resumes from).
+    store at once and its changelog record to :attr:`outbox` (partition, key, value), which the
+    driver sends for the whole batch (``LiveBatches``) and then reports with :meth:`delivered`:
+    the partition's RocksDB database records the changelog offset it holds (what a restart resumes
+    from), as Faust's own delivery callback does.
+
+    Faust's ``Table.send_changelog`` was used before: it queues each record in Faust's producer
+    buffer, which sends them one by one from a task, and whose back-pressure
+    (``ProducerBuffer.wait_until_ebb``: more than 100 queued) stops the fetch loop's hand-on until
+    100 went out, awaiting each with its own ``asyncio.wait_for``. A batch of 256 new shoppers
+    wrote 256 records at once and stalled it every batch (issue 10).
 
     Two stores (``stream.live.session_store`` picks one):
 
@@ -204,6 +211,19 @@ class SessionTable:
 
         self.table = table
         self._opening = threading.Lock()
+        self.outbox: list[tuple[int, bytes, bytes | None]] = []     # changelog records not sent yet
+
+    @property
+    def changelog_topic(self) -> str:
+        return self.table.changelog_topic.get_topic_name()
+
+    def take_outbox(self) -> list[tuple[int, bytes, bytes | None]]:
+        out, self.outbox = self.outbox, []
+        return out
+
+    def delivered(self, tp: Any, offset: int) -> None:
+        """The changelog holds this partition's writes up to ``offset``: a restart resumes after it."""
+        self._store.set_persisted_offset(tp, offset)
 
     @property
     def _store(self) -> Any:
@@ -234,7 +254,7 @@ class SessionTable:
         else:
             store.data[key] = value
             store._key_partition[key] = partition
-        self.table.send_changelog(partition, key, value)
+        self.outbox.append((partition, key, value))
 
     def delete(self, partition: int, key: bytes) -> None:
         store = self._store
@@ -244,7 +264,7 @@ class SessionTable:
         else:
             store.data.pop(key, None)
             store._key_partition.pop(key, None)
-        self.table.send_changelog(partition, key, None)
+        self.outbox.append((partition, key, None))
 
     def items(self, partitions: set[int]) -> Iterator[tuple[int, bytes, bytes]]:
         """(partition, key, value) of the sessions held for ``partitions``."""

@@ -44,12 +44,28 @@ def _event(partition: int, offset: int, value: bytes = b"{}"):
                                                    offset=offset, headers=()))
 
 
+class FakeProducer:
+    """Delivers every send at once, numbering each partition's records from 0."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes | None, bytes | None, int | None]] = []
+
+    async def send(self, topic, key, value, partition, timestamp, headers):
+        from faust.types import TP
+
+        offset = sum(1 for t, _, _, p in self.sent if (t, p) == (topic, partition))
+        self.sent.append((topic, key, value, partition))
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_result(SimpleNamespace(partition=partition, offset=offset, topic_partition=TP(topic, partition)))
+        return fut
+
+
 def _batches(pipeline) -> LiveBatches:
     from faust.types import TP
 
     consumer = SimpleNamespace(assignment=lambda: {TP(TOPIC, 0), TP(TOPIC, 1)})
-    app = SimpleNamespace(rebalancing=False, rebalancing_count=0, consumer=consumer, producer=None)
-    sessions = SimpleNamespace(get=lambda p, k: None, release=lambda parts: 0)
+    app = SimpleNamespace(rebalancing=False, rebalancing_count=0, consumer=consumer, producer=FakeProducer())
+    sessions = SimpleNamespace(get=lambda p, k: None, release=lambda parts: 0, take_outbox=lambda: [])
     b = LiveBatches(pipeline, app=app, sessions=sessions, events_topic=TOPIC, recommendations_topic="recs",
                     dead_letter_topic="dlq", dead_letter_max_bytes=65536)
     b.stream = FakeStream()
@@ -119,14 +135,26 @@ def test_faust_still_commits_past_a_single_unacked_offset():
 class DictSessions:
     """A sessions store in a dict, partition-explicit like ``SessionTable``."""
 
+    changelog_topic = "sessions-changelog"
+
     def __init__(self, values: dict[tuple[int, bytes], bytes]) -> None:
         self.values = values
+        self.outbox: list[tuple[int, bytes, bytes | None]] = []
+        self.persisted: dict[int, int] = {}
 
     def get(self, p, k):
         return self.values.get((p, k))
 
     def delete(self, p, k):
         self.values.pop((p, k), None)
+        self.outbox.append((p, k, None))
+
+    def take_outbox(self):
+        out, self.outbox = self.outbox, []
+        return out
+
+    def delivered(self, tp, offset):
+        self.persisted[tp.partition] = offset
 
     def items(self, partitions):
         for (p, k), v in list(self.values.items()):
@@ -168,6 +196,9 @@ def test_the_sweep_deletes_idle_sessions_in_chunks_and_lets_the_loop_run():
     assert asyncio.run(scenario()) == 2000
     assert len(b.sessions.values) == 4000
     assert len(ticks) >= 12                  # the loop ran between chunks, not once after a blocking pass
+    tombstones = [(p, k) for t, k, v, p in b.app.producer.sent if t == "sessions-changelog" and v is None]
+    assert len(tombstones) == 2000 and not b.sessions.outbox    # each deletion is in the changelog
+    assert b.sessions.persisted == {0: 999, 1: 999}              # and each partition's offset recorded
     b.close()
 
 

@@ -148,7 +148,7 @@ def test_handle_runs_in_order_events_through_the_pipeline_and_acks_them():
         acked.append((event.message.partition, event.message.offset))
 
     b.pipeline = Pipeline()
-    b.sessions = SimpleNamespace(get=lambda partition, key: None)
+    b.sessions = SimpleNamespace(get=lambda partition, key: None, take_outbox=lambda: [])
     b.app.producer = SimpleNamespace()
     b.stream = SimpleNamespace(ack=ack)
 
