@@ -287,8 +287,13 @@ class LiveBatches:
                       on_delivered=delivered)
         owned = self.owned_partitions()
         for partition, (tp, offset) in last.items():
-            if partition in owned:             # a revoked partition's database stays closed
+            if partition not in owned:         # a revoked partition's database stays closed
+                continue
+            try:
                 self.sessions.delivered(tp, offset)
+            except Exception as exc:  # noqa: BLE001 - a stale offset only lengthens the next recovery
+                log.warning("could not record changelog offset %d of partition %d: %s: %s", offset, partition,
+                            type(exc).__name__, exc)
 
     async def _ack_up_to_held(self) -> None:
         """Ack what is done, but on each partition only below its oldest held event.

@@ -1,6 +1,6 @@
 """The worker's start-up heap, kept out of Python's cyclic garbage collector (issue 13).
 
-A loaded worker holds ~280,000 objects the collector tracks -- torch, transformers, Faust, the
+A loaded worker holds ~240,000 objects the collector tracks -- torch, transformers, Faust, the
 catalogue and the index -- nearly all of which live as long as the process. Every full collection
 walked all of them: 17 in a 40,000-event all-distinct run of ``bench e2e``, ~108 ms each (1.8 s of
 the event loop's time, and a 108 ms stall of every event in flight each time). :func:`freeze`, once
