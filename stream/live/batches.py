@@ -42,7 +42,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import orjson
 
@@ -424,7 +424,7 @@ class LiveBatches:
 
 
 async def publish(producer: Any, sends: list[tuple[str, bytes | None, bytes | None, int | None, list | None]], *,
-                  on_delivered: Any = None) -> None:
+                  on_delivered: Callable[[tuple, Any], None] | None = None) -> None:
     """Send every (topic, key, value, partition, headers) and wait until each is delivered
     (``on_delivered(item, record_metadata)`` for each, when given).
 

@@ -216,3 +216,22 @@ def test_a_revocation_stops_the_sweep():
     assert asyncio.run(scenario()) == 0
     assert len(b.sessions.values) == 6000
     b.close()
+
+
+def test_a_changelog_offset_that_cannot_be_recorded_loses_nothing(caplog):
+    """Recording a partition's changelog offset (a RocksDB put) failing is logged, not raised:
+    the deletions are made and in the changelog all the same, and the sweep finishes."""
+    now = 1_000_000.0
+    b = _batches(FakePipeline())
+    b.sessions = DictSessions(_sessions(600, 3, now))
+
+    def broken(tp, offset):
+        raise OSError("disk gone")
+
+    b.sessions.delivered = broken
+    with caplog.at_level("WARNING", logger="stream.live.batches"):
+        assert asyncio.run(b.sweep(retention_s=3600, now=now, chunk=500)) == 200
+    assert len(b.sessions.values) == 400
+    assert sum(1 for t, _, v, _ in b.app.producer.sent if t == "sessions-changelog" and v is None) == 200
+    assert any("could not record changelog offset" in r.getMessage() for r in caplog.records)
+    b.close()
