@@ -74,7 +74,7 @@ def create_app(settings: Settings, services: Services) -> Any:
     import faust
 
     from stream.live.faust_compat import (SessionTable, install_batched_drain, install_changelog_fetch_pause,
-                                          install_fetch_max_wait, install_skip_ack_guard, take_ready)
+                                          install_fetch_max_wait, install_skip_ack_guard, take_batches)
 
     install_changelog_fetch_pause()                   # a changelog Faust does not read is not fetched
     install_skip_ack_guard(settings.events_topic)     # Faust may not ack an event it skipped (issue #9)
@@ -105,7 +105,7 @@ def create_app(settings: Settings, services: Services) -> Any:
         within = settings.batch_wait_ms / 1000.0 or 0.001
         await catalog.wait_caught_up()      # events are processed against the whole catalogue
         batches.stream = stream
-        async for batch in take_ready(stream, settings.batch_size, within):   # no wait when none is waiting
+        async for batch in take_batches(stream, settings.batch_size, within):   # no wait when none is waiting
             await batches.handle(batch)
 
     @app.task

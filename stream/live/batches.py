@@ -1,6 +1,6 @@
 """The live driver of the pipeline core: Faust events in, published results, then acks.
 
-For each micro-batch (``stream.noack_take``: Faust acks nothing by itself):
+For each micro-batch (``faust_compat.take_batches``: Faust acks nothing by itself):
 
 1. the core runs in a worker thread (:meth:`Pipeline.process`); if it raises, it is retried with
    bounded backoff, then :meth:`Pipeline.process_isolating` dead-letters only what causes it;

@@ -69,13 +69,6 @@ def test_committed_offset_reach():
     assert "_committed_offset" in inspect.getsource(Consumer)
 
 
-def test_noack_take_exists():
-    from faust.streams import Stream
-
-    assert hasattr(Stream, "noack_take"), "faust's Stream.noack_take is gone: the agent would ack unprocessed events"
-    assert "self.ack(event)" not in inspect.getsource(Stream.noack_take).replace("#     await self.ack(event)", "")
-
-
 @pytest.mark.parametrize("package", ["stream", "engines", "index", "learn"])
 def test_internals_are_reached_from_one_module_only(package):
     offenders = []
@@ -141,22 +134,32 @@ def test_batched_drain_is_a_copy_of_the_pinned_fetch_loop():
     assert inspect.iscoroutinefunction(Consumer._drain_messages)
 
 
-def test_take_ready_is_a_copy_of_the_pinned_noack_take():
-    """take_ready copies Stream.noack_take and adds one condition; if Faust's changed, re-check it."""
-    import hashlib
+def test_take_batches_gives_each_event_what_faust_stream_iterator_does():
+    """take_batches takes the agent's events from ``stream.channel.queue`` itself, skipping and
+    tracking each as Faust's stream iterators do (Cython ``_prepare_event`` and ``Stream._py_aiter``):
+    if either changes what it checks or records per event, take_batches must be checked against it."""
+    from pathlib import Path
 
     import faust
+    from faust.channels import Channel
+    from mode.utils.queues import ThrowableQueue
 
-    from stream.live import faust_compat
+    py = inspect.getsource(faust.Stream._py_aiter)
+    pyx = (Path(faust.__file__).parent / "_cython" / "streams.pyx").read_text()
+    for src in (py, pyx):
+        for reach in ("not self.app.flow_control.is_active()",
+                      "message.generation_id != self.app.consumer_generation_id",
+                      "topic in acking_topics and not message.tracked", "message.tracked = True",
+                      "on_message_in("):
+            assert reach in src.replace("self.acking_topics", "acking_topics"), reach
+    assert "add_unacked(message)" in py and "self.add_unacked(message)" in pyx
+    assert "unacked: Set[Message] = consumer.unacked" in py
+    assert "acking_topics: Set[str] = self.app.topics.acking_topics" in py
+    assert "self.app.sensors.on_message_in" in inspect.getsource(faust.Stream.__init__)
+    assert "self.queue.get()" in inspect.getsource(Channel.__anext__)       # the queue a stream reads
+    for name in ("get", "get_nowait", "empty"):                        # errors and the fetch pause
+        assert name in vars(ThrowableQueue), name
 
-    digest = hashlib.sha256(inspect.getsource(faust.Stream.noack_take).encode()).hexdigest()
-    assert digest == faust_compat.TAKE_SOURCE_SHA256, \
-        "faust-streaming's Stream.noack_take changed: re-check take_ready against it"
-    source = inspect.getsource(faust.Stream)
-    for reach in ("def _enable_passive(", "def add_processor(", "self._processors", "self.current_event",
-                  "self.enable_acks", "chan.queue"):
-        assert reach in source, reach
-    assert callable(faust.Stream.wait_for_stopped)          # mode's Service
 
 
 def test_fetch_wait_reaches_the_consumer_faust_creates():
