@@ -85,7 +85,8 @@ class OnnxRuntimeTextEncoder:
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if self._session is None:
             raise RuntimeError("call load() before encode()")
-        return encode_texts(self.tokenizer, texts, self.max_batch, self.dim, self.encode_tokens)
+        return encode_texts(self.tokenizer, texts, self.max_batch, self.dim, self.encode_tokens,
+                            exact_length=True)     # any shape runs: no padding to a bucket
 
     def close(self) -> None:
         self._session = None

@@ -15,6 +15,20 @@ def test_onnxruntime_fp32_matches_torch(text_encoder, ort_fp32_artifact, titles)
     assert report.max_abs_diff <= 1e-4
 
 
+def test_onnxruntime_pads_short_queries_only_to_their_length(text_encoder, ort_fp32_artifact, titles):
+    """A shopper's query (a few tokens) is not padded to a 16-token bucket on ONNX Runtime -- its
+    work grows with the padded length -- and its rows are the reference model's all the same."""
+    engine = create_text_encoder("onnxruntime", artifact=ort_fp32_artifact).load()
+    queries = [" ".join(t.split()[:2]) for t in titles[:24]]
+    widths = []
+    run = engine.encode_tokens
+    engine.encode_tokens = lambda ids, mask: (widths.append(ids.shape[1]), run(ids, mask))[1]
+    got = engine.encode(queries)
+    longest = max(len(x) for x in engine.tokenizer.token_ids(queries))
+    assert widths == [longest] and longest < engine.tokenizer.buckets[0], (widths, longest)
+    assert np.abs(got - text_encoder.encode(queries)).max() <= 1e-4
+
+
 def test_onnxruntime_int8_cosine_and_retrieval(text_encoder, ort_int8_artifact, titles):
     engine = create_text_encoder("onnxruntime", artifact=ort_int8_artifact).load()
     assert engine.precision == "int8"
