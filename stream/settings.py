@@ -51,6 +51,7 @@ class Settings:
     # -- processing --------------------------------------------------------------------------------
     batch_size: int = 256                    # most events per micro-batch
     batch_wait_ms: int = 20                  # longest wait to fill a micro-batch
+    buffer_events: int = 16_384              # fetched events a worker holds before it stops fetching (Faust's stream_buffer_maxsize)
     model_threads: int = 0                   # CPU threads of the encoders and the index; 0: every core (several workers on one machine: cores / workers)
     top_k: int = 10
     search_blend: float = 0.5                # weight of the shopper's embedding when re-ranking search results
@@ -126,6 +127,8 @@ class Settings:
                      "session_max_queries", "session_max_purchased", "max_event_bytes", "query_cache_size"):
             if getattr(self, name) < 1:
                 bad(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.buffer_events < self.batch_size:
+            bad(f"buffer_events must be at least batch_size ({self.batch_size}), got {self.buffer_events}")
         if self.dead_letter_max_bytes < 1024:
             bad(f"dead_letter_max_bytes must be at least 1024, got {self.dead_letter_max_bytes}")
         if self.batch_wait_ms < 0:

@@ -63,6 +63,7 @@ def faust_options(settings: Settings) -> dict[str, Any]:
         key_serializer="raw",                   # shopstream (de)serialises with orjson itself
         value_serializer="raw",
         table_cleanup_interval=60.0,
+        stream_buffer_maxsize=settings.buffer_events,   # Faust's 4,096 stalled a loaded worker (issue 13)
         logging_config=None,
         **faust_store_options(settings),        # RocksDB on disk by default; memory for tests
         **faust_datadir(settings),

@@ -24,6 +24,7 @@ def shopstream(*args, env=None, input=None, timeout=120):
     (["tail", "events"], {"SHOPSTREAM_BATCH_SIZE": "lots"}, "SHOPSTREAM_BATCH_SIZE"),
     (["tail", "events"], {"SHOPSTREAM_SEARCH_BLEND": "2"}, "search_blend"),
     (["tail", "events"], {"SHOPSTREAM_MODEL_THREADS": "-1"}, "model_threads"),
+    (["tail", "events"], {"SHOPSTREAM_BUFFER_EVENTS": "100"}, "buffer_events"),
     (["bench", "e2e", "--workers", "0"], {}, "--workers"),
     (["produce", "-", "--partitioner", "fnv1a"], {}, "--partitioner"),
     (["tail", "events"], {"SHOPSTREAM_PARTITIONER": "fnv1a"}, "murmur2, crc32"),
