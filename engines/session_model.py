@@ -245,7 +245,7 @@ class TrainedSessionEncoder:
         Written straight into the batch arrays (no per-session copies, no gather): on the GPU the
         packing on the host, not the model, is most of a worker batch's session-encoder time."""
         from engines.session import KIND_CODES
-        from engines.session_network import gap_codes
+        from engines.session_network import gap_code_rows
 
         live = [i for i, s in enumerate(sessions) if len(s)]
         if not live:
@@ -257,7 +257,9 @@ class TrainedSessionEncoder:
         n = min(self.max_len, max(len(sessions[i]) for i in live))
         vecs = np.zeros((len(live), n, self.dim), dtype=np.float32)
         kinds = np.zeros((len(live), n), dtype=np.int64)
-        gaps = np.zeros((len(live), n), dtype=np.int64)
+        times = np.full((len(live), n + 1), np.nan)           # right-aligned; NaN: none (or no clock)
+        first = np.empty(len(live), dtype=np.int64)           # each row's oldest time in ``times``
+        start = np.empty(len(live), dtype=np.int64)           # each row's first event in the arrays
         search_rows, search_cols = [], []
         for b, i in enumerate(live):
             s = sessions[i]
@@ -267,11 +269,14 @@ class TrainedSessionEncoder:
             kinds[b, n - m:] = [codes.get(x, other) for x in names]
             # times keep one event more than the vectors, so the oldest kept event knows its gap
             t = np.asarray(s.timestamps, dtype=np.float64)[-m - 1:]
-            gaps[b, n - m:] = gap_codes(t if self.uses_time else np.full(len(t), np.nan))[-m:]
+            first[b], start[b] = n + 1 - len(t), n - m
+            if self.uses_time:
+                times[b, n + 1 - len(t):] = t
             for j, x in enumerate(names):
                 if x == "search":
                     search_rows.append(b)
                     search_cols.append(n - m + j)
+        gaps = gap_code_rows(times, first, start)
         if search_rows and self.item_space == "item-tower":
             # every query of the batch through the item tower at once, as titles were for the index
             vecs[search_rows, search_cols] = self.item_vectors(vecs[search_rows, search_cols])

@@ -42,6 +42,26 @@ def gap_codes(times: np.ndarray) -> np.ndarray:
     return out
 
 
+def gap_code_rows(times: np.ndarray, first: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """:func:`gap_codes` of many right-aligned sessions at once (a worker batch, without a numpy
+    call per session: ~8% of the batch thread with every event a new shopper, issue 13).
+
+    ``times`` is ``(rows, n + 1)``, each row's times in columns ``first[r]`` to ``n`` (NaN before);
+    returns the ``(rows, n)`` codes of columns 1 to ``n``, padding before column ``start[r]``. A
+    row's oldest time has no gap before it: its code is "first" (or "unknown" without a clock)."""
+    rows, width = times.shape[0], times.shape[1] - 1
+    gaps = np.diff(times, axis=1)
+    known = np.isfinite(gaps)
+    buckets = GAP_BASE + np.minimum(N_GAPS - 1 - GAP_BASE, np.floor(np.log2(1.0 + np.maximum(gaps, 0.0), where=known,
+                                                                              out=np.zeros_like(gaps))))
+    out = np.where(known, buckets, GAP_UNKNOWN).astype(np.int64)
+    col = first - 1                                   # where a row's oldest time has its own code
+    own = np.flatnonzero(col >= start)
+    out[own, col[own]] = np.where(np.isfinite(times[own, first[own]]), GAP_FIRST, GAP_UNKNOWN)
+    out[np.arange(width)[None, :] < start[:, None]] = GAP_PAD
+    return out
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     text_dim: int = 384

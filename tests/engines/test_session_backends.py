@@ -221,6 +221,9 @@ def test_packing_a_batch_matches_the_reference(artifact, tmp_path, uses_time):
     (folder / "manifest.json").write_text(json.dumps(m))
     enc = load_session_encoder(folder, "torch", precision="fp32")
     s, _ = sessions(50, seed=11)          # 0..30 events, max_len 20: some are cut, one is empty
+    s[3].timestamps[-2] = np.nan          # events without a clock: one, the oldest kept, every one
+    s[4].timestamps[-min(len(s[4]), enc.max_len)] = np.nan
+    s[7].timestamps[:] = np.nan
     got, ref = enc.pack(s), _pack_reference(enc, s)
     assert got[0] == ref[0]
     for a, b in zip(got[1:], ref[1:]):
