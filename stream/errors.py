@@ -25,3 +25,15 @@ class InvalidEvent(ShopstreamError, ValueError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+class StateStoreError(ShopstreamError):
+    """A write to the worker's local state store failed (disk full, file too large, any RocksDB I/O
+    error). The worker stalls and retries; nothing is acked meanwhile."""
+
+    retriable = True
+
+    def __init__(self, store: str, partition: int, cause: BaseException) -> None:
+        super().__init__(f"{store} store, partition {partition}: {type(cause).__name__}: {cause}")
+        self.store = store
+        self.partition = partition

@@ -48,6 +48,7 @@ class Settings:
     fetch_max_wait_ms: int = 25              # longest a consumer fetch waits for data (latency bound)
     producer_linger_ms: int = 0              # the worker's producer: wait this long to fill a batch (0: send now)
     session_timeout_s: float = 10.0          # consumer group: a worker silent this long is replaced
+    send_unready_after_s: float = 30.0       # a send to Kafka still undelivered after this long: /ready answers 503
     # -- processing --------------------------------------------------------------------------------
     batch_size: int = 256                    # most events per micro-batch
     batch_wait_ms: int = 20                  # longest wait to fill a micro-batch
@@ -131,6 +132,8 @@ class Settings:
             bad(f"buffer_events must be at least batch_size ({self.batch_size}), got {self.buffer_events}")
         if self.dead_letter_max_bytes < 1024:
             bad(f"dead_letter_max_bytes must be at least 1024, got {self.dead_letter_max_bytes}")
+        if not self.send_unready_after_s > 0:             # also refuses NaN
+            bad(f"send_unready_after_s must be positive, got {self.send_unready_after_s}")
         if self.batch_wait_ms < 0:
             bad("batch_wait_ms must not be negative")
         if self.producer_linger_ms < 0:

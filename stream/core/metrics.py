@@ -41,6 +41,12 @@ class Metrics:
     def set_catalog_synced(self, synced: bool) -> None:
         """Catalogue sync has read the catalog topic to the end it had at start."""
 
+    def set_store_failing(self, store: str, partition: int, failing: bool) -> None:
+        """The worker's ``store`` (the sessions table) refuses reads or writes on ``partition``."""
+
+    def watch_send_wait(self, source: Callable[[], float]) -> None:
+        """Register where the seconds the worker's sends have waited for Kafka are read from."""
+
     def watch_lag(self, source: Callable[[], Mapping[tuple[str, int], int]]) -> None:
         """Register where consumer lag per (topic, partition) is read from when scraped."""
 

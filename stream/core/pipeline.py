@@ -29,7 +29,7 @@ from stream.core.partitioner import partition_for
 from stream.core.recommender import Recommender, UserBatch
 from stream.core.schema import Event, EventValidator
 from stream.core.session_state import FeedbackHorizon, SessionLimits
-from stream.errors import InvalidEvent
+from stream.errors import InvalidEvent, StateStoreError
 
 log = logging.getLogger(__name__)
 
@@ -205,11 +205,14 @@ class Pipeline:
         """:meth:`process`, but a failure dead-letters only the messages that cause it.
 
         Pass ``error`` when :meth:`process` of the whole batch has already failed (the driver
-        retried it); the batch is then split by shopper at once.
+        retried it); the batch is then split by shopper at once. A :class:`StateStoreError` (the
+        store failed to read) is no message's fault: it is raised, never dead-lettered.
         """
         if error is None:
             try:
                 return self.process(messages, read_state)
+            except StateStoreError:
+                raise
             except Exception as exc:  # noqa: BLE001 - isolated below, never dropped
                 error = exc
         log.warning("a batch of %d message(s) failed (%s: %s); isolating the cause", len(messages),
@@ -223,6 +226,8 @@ class Pipeline:
     def _bisect(self, groups: list[list[Message]], read_state: StateReader) -> BatchResult:
         try:
             return self.process([m for g in groups for m in g], read_state)
+        except StateStoreError:
+            raise
         except Exception as exc:  # noqa: BLE001
             if len(groups) == 1:
                 return self._isolate_messages(groups[0], read_state, exc)
@@ -237,12 +242,16 @@ class Pipeline:
         for msg in messages:
             try:
                 self.process(kept + [msg], read_state)
+            except StateStoreError:
+                raise
             except Exception as exc:  # noqa: BLE001
                 poisoned.append((msg, exc))
             else:
                 kept.append(msg)
         try:
             out = self.process(kept, read_state) if kept else BatchResult()
+        except StateStoreError:
+            raise
         except Exception as exc:  # noqa: BLE001 - fails only together: none of them can go through
             out = BatchResult()
             poisoned.extend((m, exc) for m in kept)
@@ -263,7 +272,7 @@ class Pipeline:
             raise InvalidEvent("unprocessable", f"{type(exc).__name__}: {exc}") from exc
 
     def _read(self, read_state: StateReader, partition: int, key: bytes) -> dict[str, Any] | None:
-        raw = read_state(partition, key)
+        raw = read_state(partition, key)      # a failing store raises StateStoreError: never the message's fault
         try:
             return session_state.loads(raw)
         except Exception as exc:  # noqa: BLE001 - a session value that does not parse starts afresh

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 from stream.core.pipeline import Pipeline
+from stream.errors import StateStoreError
 from stream.live.batches import LiveBatches
 from stream.live.catalog_sync import start_catalog_sync
 from stream.live.services import Services
@@ -106,8 +108,17 @@ def create_app(settings: Settings, services: Services) -> Any:
         within = settings.batch_wait_ms / 1000.0 or 0.001
         await catalog.wait_caught_up()      # events are processed against the whole catalogue
         batches.stream = stream
-        async for batch in take_batches(stream, settings.batch_size, within):   # no wait when none is waiting
-            await batches.handle(batch)
+        while True:
+            try:
+                async for batch in take_batches(stream, settings.batch_size, within):   # no wait when none is waiting
+                    await batches.handle(batch)
+                return
+            except Exception as exc:  # noqa: BLE001 - recovered in-process (docs/operations.md)
+                if stream.should_stop or app.should_stop:
+                    raise
+                # Faust would restart the agent with the events it took neither processed nor
+                # acked, and go on past them: start again from the committed offsets instead.
+                await batches.recover(exc)
 
     @app.task
     async def drop_faust_monitor() -> None:
@@ -119,7 +130,10 @@ def create_app(settings: Settings, services: Services) -> Any:
 
     @app.timer(interval=0.25)
     async def retry_held() -> None:
-        await batches.retry_held()
+        try:
+            await batches.retry_held()
+        except Exception as exc:  # noqa: BLE001 - as in the agent: from the committed offsets again
+            await batches.recover(exc)
 
     @app.on_partitions_revoked.connect
     async def release_revoked(app, revoked, **kwargs) -> None:  # noqa: ANN001 - faust signal
@@ -127,7 +141,11 @@ def create_app(settings: Settings, services: Services) -> Any:
 
     @app.timer(interval=settings.session_sweep_interval_s)
     async def sweep_sessions() -> None:
-        n = await batches.sweep(settings.session_retention_s)
+        try:
+            n = await batches.sweep(settings.session_retention_s)
+        except StateStoreError as exc:        # the next batch's writes stall on it; a sweep can wait
+            log.warning("session sweep skipped: %s", exc)
+            return
         if n:
             log.info("expired %d idle session(s)", n)
 
@@ -141,8 +159,24 @@ def create_app(settings: Settings, services: Services) -> Any:
             "not_rebalancing": not app.rebalancing,
             "catalog_synced": catalog.caught_up,
             "catalog_healthy": catalog.healthy,
+            "state_store_ok": batches.store_fault is None,
+            "sends_ok": batches.sends.waited() < settings.send_unready_after_s,
         }
         return checks
+
+    def reasons() -> dict[str, str]:
+        """Why the store and send checks fail, for an operator reading /ready."""
+        out = {}
+        fault = batches.store_fault
+        if fault is not None:
+            out["state_store_ok"] = (f"{fault.store} store failing on partition {fault.partition} for "
+                                     f"{time.monotonic() - fault.since:.0f} s: {fault.reason}")
+        waited = batches.sends.waited()
+        if waited >= settings.send_unready_after_s:
+            out["sends_ok"] = (f"sends to Kafka undelivered for {waited:.0f} s "
+                               f"(SHOPSTREAM_SEND_UNREADY_AFTER_S={settings.send_unready_after_s:g}): "
+                               f"{batches.sends.error or 'no answer from the broker'}")
+        return out
 
     @app.page("/metrics")
     async def metrics(web, request):  # noqa: ANN001
@@ -160,7 +194,9 @@ def create_app(settings: Settings, services: Services) -> Any:
     async def ready(web, request):  # noqa: ANN001
         checks = readiness()
         ok = all(checks.values())
-        return web.json({"ready": ok, **checks, "index_version": services.index.current.version,
+        why = reasons() if not ok else {}
+        return web.json({"ready": ok, **checks, **({"reasons": why} if why else {}),
+                         "index_version": services.index.current.version,
                          "model_version": services.encoder.model_version}, status=200 if ok else 503)
 
     def consumer_lag() -> dict:
@@ -169,6 +205,7 @@ def create_app(settings: Settings, services: Services) -> Any:
         return faust_consumer_lag(app, settings.events_topic) if app.consumer else {}
 
     services.metrics.watch_lag(consumer_lag)
+    services.metrics.watch_send_wait(batches.sends.waited)
 
     app.shopstream = {"services": services, "batches": batches, "sessions": sessions, "catalog": catalog,
                       "models": models}

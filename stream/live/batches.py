@@ -19,6 +19,20 @@ Events after a held one on its partition are processed but acked only once it is
 commit passes it.
 A consumer therefore sees duplicates after a crash or a rebalance, never gaps.
 
+Faults (docs/operations.md, "When a batch fails"):
+
+- a state store that refuses a read or write (:class:`StateStoreError`: disk full, file too
+  large, any RocksDB I/O error) stalls the batch where it is: nothing more is taken, acked or
+  dead-lettered; the partition's database is reopened and the same writes retried with backoff
+  until they succeed (or a rebalance hands the partitions on); :attr:`LiveBatches.store_fault`
+  says why, for ``/ready`` and the ``shopstream_state_store_failing`` gauge;
+- sends that do not go through are retried for as long as it takes; :class:`SendWatch` says how
+  long they have waited, for ``/ready``;
+- anything else that raises in or around a batch is handed to :meth:`LiveBatches.recover`: all
+  tracking is dropped (held events, events done but not acked, Faust's ``consumer.unacked``) and
+  every owned partition is sought back to its committed offset, so the next attempt starts from
+  there. Nothing past the committed offset was acked unless its results were in Kafka.
+
 Gap guard (issue #9). After a rebalance Faust seeks every partition to its committed offset, but
 the events it had already fetched keep flowing while that seek runs, and its fetch loop drops a
 record whose offset is below the last one it handed on (``_drain_messages``): an event fetched
@@ -42,19 +56,56 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import orjson
 
 from stream.core.dead_letters import Message, dead_letter_record
 from stream.core.pipeline import BatchResult, Pipeline
-from stream.live.faust_compat import SessionTable, committed_offset, forget_gap
+from stream.errors import StateStoreError
+from stream.live.faust_compat import SessionTable, committed_offset, forget_gap, forget_tracked
 
 log = logging.getLogger(__name__)
 
 RETRY_DELAYS_S = (0.05, 0.2, 0.5)        # re-runs of a failed batch before isolating the cause
 MAX_SEND_BACKOFF_S = 5.0
 GAP_RESEEK_S = 1.0                       # a seek back to a missing offset is repeated this often
+MAX_STORE_BACKOFF_S = 2.0                # a failing state store is retried at least this often
+FAULT_LOG_EVERY_S = 30.0                 # a fault that lasts is logged again this often
+MAX_RECOVER_BACKOFF_S = 10.0
+
+
+class SendWatch:
+    """How long the worker's sends to Kafka have been waiting (retried or unanswered), for /ready."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None      # monotonic time the oldest waiting send began
+        self.error = ""                      # the last send error, if any
+        self._active = 0
+
+    def begin(self) -> None:
+        if self._active == 0:
+            self.since = time.monotonic()
+        self._active += 1
+
+    def end(self) -> None:
+        self._active -= 1
+        if self._active == 0:
+            self.since = None
+            self.error = ""
+
+    def waited(self) -> float:
+        return 0.0 if self.since is None else time.monotonic() - self.since
+
+
+@dataclass
+class StoreFault:
+    store: str
+    partition: int
+    reason: str
+    since: float
+    logged: float
 
 
 def to_message(event: Any, received_at: float) -> Message:
@@ -86,6 +137,10 @@ class LiveBatches:
         self._gaps: dict[int, tuple[Any, int, float, int]] = {}   # partition -> (tp, offset, sought at, seeks)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recommend")
         self._releases = 0                              # revocations so far (a sweep stops at one)
+        self.sends = SendWatch()
+        self.store_fault: StoreFault | None = None      # a failing state store (module docstring)
+        self._store_delay = 0.1
+        self._recoveries = 0                            # recoveries in a row, without a batch done between
 
     @property
     def metrics(self):
@@ -253,20 +308,111 @@ class LiveBatches:
             log.info("a rebalance began during a batch of %d event(s): its session writes and acks are "
                      "left to the partitions' next owner", len(messages))
             return
+        if not await self._write_sessions(result.state_writes, generation):
+            return
         owned = self.owned_partitions()
-        for w in result.state_writes:          # no await from the check above to the last write
-            if w.partition not in owned:
-                continue
-            if w.value is None:
-                self.sessions.delete(w.partition, w.key)
-            else:
-                self.sessions.set(w.partition, w.key, w.value)
         self.held = [(m, events_of[(m.partition, m.offset)]) for m in result.held]
         for m in result.done:
             if m.partition in owned:
                 self.unacked.setdefault(m.partition, {})[m.offset] = events_of[(m.partition, m.offset)]
         await self._write_changelog()
         await self._ack_up_to_held()
+        self._recoveries = 0
+
+    async def _write_sessions(self, writes: Sequence[Any], generation: int) -> bool:
+        """Apply the batch's session writes to the partitions this worker owns; False when a
+        rebalance began while a failing store stalled them (nothing is acked then: the partitions'
+        next owner processes the events again).
+
+        Without a store fault there is no await from the ownership check to the last write. A
+        write the store refuses (:class:`StateStoreError`) is retried, with the same value, after
+        the partition's database is reopened, for as long as it fails: the worker takes nothing
+        new meanwhile, so Faust's buffer fills and it stops fetching."""
+        owned = self.owned_partitions()
+        i = 0
+        while i < len(writes):
+            w = writes[i]
+            if w.partition not in owned:
+                i += 1
+                continue
+            try:
+                if w.value is None:
+                    self.sessions.delete(w.partition, w.key)
+                else:
+                    self.sessions.set(w.partition, w.key, w.value)
+            except StateStoreError as exc:
+                await self._store_failed(exc)
+                if self.app.rebalancing or self.app.rebalancing_count != generation:
+                    owned = self.owned_partitions()
+                    self.sessions.outbox = [r for r in self.sessions.outbox if r[0] in owned]
+                    log.warning("a rebalance began while the state store failed: the batch's acks are left "
+                                "to the partitions' next owner")
+                    return False
+                owned = self.owned_partitions()
+                continue
+            i += 1
+        self._store_ok()
+        return True
+
+    async def _store_failed(self, exc: StateStoreError) -> None:
+        """Record (and log, at most every ``FAULT_LOG_EVERY_S``) a failing store, wait with backoff,
+        then reopen the partition's database (which fails too while the disk still refuses writes)."""
+        now = time.monotonic()
+        fault = self.store_fault
+        if fault is None or fault.partition != exc.partition:
+            if fault is not None:
+                self.metrics.set_store_failing(fault.store, fault.partition, False)
+            self.store_fault = StoreFault(exc.store, exc.partition, str(exc), now, now)
+            self.metrics.set_store_failing(exc.store, exc.partition, True)
+            log.error("state store failing (%s): the worker stops taking events and retries; nothing is acked "
+                      "until the write succeeds", exc)
+        else:
+            fault.reason = str(exc)
+            if now - fault.logged >= FAULT_LOG_EVERY_S:
+                fault.logged = now
+                log.error("state store still failing after %.0f s: %s", now - fault.since, exc)
+        await asyncio.sleep(self._store_delay)
+        self._store_delay = min(self._store_delay * 2, MAX_STORE_BACKOFF_S)
+        try:
+            self.sessions.reopen(exc.partition)
+        except StateStoreError as again:
+            self.store_fault.reason = str(again)
+
+    def _store_ok(self) -> None:
+        fault = self.store_fault
+        self._store_delay = 0.1
+        if fault is None:
+            return
+        self.store_fault = None
+        self.metrics.set_store_failing(fault.store, fault.partition, False)
+        log.warning("state store writes succeed again after %.1f s; the worker goes on",
+                    time.monotonic() - fault.since)
+
+    # -- anything else that raises (module docstring) -----------------------------------------------
+    async def recover(self, exc: BaseException) -> None:
+        """Start again from the committed offsets after ``exc`` escaped a batch: drop every event
+        taken and not acked (held ones too) and seek each owned partition back to its committed
+        offset, so they are delivered and processed again; back off when it keeps happening."""
+        self._recoveries += 1
+        log.error("a batch failed outside the pipeline (%s: %s); dropping what was taken and not acked and "
+                  "starting again from the committed offsets (recovery %d in a row)", type(exc).__name__, exc,
+                  self._recoveries, exc_info=exc)
+        async with self._lock:
+            self.held = []
+            self.unacked.clear()
+            self._epoch = None                    # the next batch settles afresh from committed offsets
+            self._next.clear()
+            self._gaps.clear()
+            consumer = self.app.consumer
+            if consumer is not None and not self.app.rebalancing:
+                forget_tracked(consumer, self.events_topic)
+                tps = [tp for tp in consumer.assignment() if tp.topic == self.events_topic]
+                starts = await self._start_offsets(tps)
+                if starts:
+                    await consumer.seek_wait(starts)
+                for tp in starts:
+                    forget_gap(consumer, tp)
+        await asyncio.sleep(min(0.5 * 2 ** (self._recoveries - 1), MAX_RECOVER_BACKOFF_S))
 
     async def _write_changelog(self) -> None:
         """Send the changelog records of the session writes just made, in one go, and wait until
@@ -284,7 +430,7 @@ class LiveBatches:
                 last[md.partition] = (md.topic_partition, md.offset)
 
         await publish(self.app.producer, [(topic, key, value, partition, None) for partition, key, value in records],
-                      on_delivered=delivered)
+                      on_delivered=delivered, watch=self.sends)
         owned = self.owned_partitions()
         for partition, (tp, offset) in last.items():
             if partition not in owned:         # a revoked partition's database stays closed
@@ -315,6 +461,16 @@ class LiveBatches:
                 del self.unacked[partition]
 
     async def _process(self, messages: list[Message]) -> BatchResult:
+        """The batch's results; a state store that fails to read stalls it (never dead-letters)."""
+        while True:
+            try:
+                result = await self._process_once(messages)
+            except StateStoreError as exc:
+                await self._store_failed(exc)
+                continue
+            return result
+
+    async def _process_once(self, messages: list[Message]) -> BatchResult:
         loop = asyncio.get_running_loop()
         read = self.sessions.get
         error: BaseException | None = None
@@ -323,6 +479,8 @@ class LiveBatches:
                 await asyncio.sleep(delay)
             try:
                 return await loop.run_in_executor(self._executor, self.pipeline.process, messages, read)
+            except StateStoreError:
+                raise
             except Exception as exc:  # noqa: BLE001 - retried, then isolated
                 error = exc
                 log.warning("batch of %d message(s) failed (attempt %d): %s: %s", len(messages), attempt + 1,
@@ -341,7 +499,7 @@ class LiveBatches:
         if self.feedback_topic:
             for hit in result.hits:
                 sends.append((self.feedback_topic, hit["user_id"].encode(), feedback_record(hit), None, None))
-        await publish(self.app.producer, sends)
+        await publish(self.app.producer, sends, watch=self.sends)
         if result.recommendations:
             now = time.time()
             for ts in result.latest_event_ts:
@@ -424,14 +582,28 @@ class LiveBatches:
 
 
 async def publish(producer: Any, sends: list[tuple[str, bytes | None, bytes | None, int | None, list | None]], *,
-                  on_delivered: Callable[[tuple, Any], None] | None = None) -> None:
+                  on_delivered: Callable[[tuple, Any], None] | None = None, watch: SendWatch | None = None) -> None:
     """Send every (topic, key, value, partition, headers) and wait until each is delivered
-    (``on_delivered(item, record_metadata)`` for each, when given).
+    (``on_delivered(item, record_metadata)`` for each, when given); ``watch`` records how long
+    they wait and the last error.
 
     A failed send is retried with backoff until it goes through: a broker that is away stalls the
     batch, it never drops one. A dead letter the broker refuses as too large goes again without
     its value (its headers keep the reason, original size and hash).
     """
+    if not sends:
+        return
+    if watch is not None:
+        watch.begin()
+    try:
+        await _publish(producer, sends, on_delivered, watch)
+    finally:
+        if watch is not None:
+            watch.end()
+
+
+async def _publish(producer: Any, sends: list, on_delivered: Callable[[tuple, Any], None] | None,
+                   watch: SendWatch | None) -> None:
     pending = list(sends)
     delay = 0.1
     attempt = 0
@@ -444,11 +616,15 @@ async def publish(producer: Any, sends: list[tuple[str, bytes | None, bytes | No
                 futures.append((item, await producer.send(topic, key, value, partition, None, headers)))
             except Exception as exc:  # noqa: BLE001 - classified and retried below
                 failed.append(_after_failure(item, exc, attempt))
+                if watch is not None:
+                    watch.error = f"{type(exc).__name__}: {exc}"
         for item, fut in futures:
             try:
                 metadata = await fut
             except Exception as exc:  # noqa: BLE001
                 failed.append(_after_failure(item, exc, attempt))
+                if watch is not None:
+                    watch.error = f"{type(exc).__name__}: {exc}"
             else:
                 if on_delivered is not None:
                     on_delivered(item, metadata)

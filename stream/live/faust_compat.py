@@ -27,6 +27,7 @@ import logging
 import time
 from typing import Any, Iterator, Mapping
 
+from stream.errors import StateStoreError
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -243,13 +244,20 @@ class SessionTable:
 
     def get(self, partition: int, key: bytes) -> bytes | None:
         if self.on_disk:
-            return self._db(partition).get(key)
+            try:
+                return self._db(partition).get(key)
+            except Exception as exc:  # noqa: BLE001 - as in set(): a store fault, never a bad message
+                raise StateStoreError(self.name, partition, exc) from exc
         return self._store.data.get(key)
 
     def set(self, partition: int, key: bytes, value: bytes) -> None:
+        """Write one session; a store that refuses it raises :class:`StateStoreError`."""
         store = self._store
         if self.on_disk:
-            self._db(partition).put(key, value)
+            try:
+                self._db(partition).put(key, value)
+            except Exception as exc:  # noqa: BLE001 - rocksdict raises bare Exception("IO error: ...")
+                raise StateStoreError(self.name, partition, exc) from exc
             store._key_index[key] = partition
         else:
             store.data[key] = value
@@ -259,12 +267,46 @@ class SessionTable:
     def delete(self, partition: int, key: bytes) -> None:
         store = self._store
         if self.on_disk:
-            self._db(partition).delete(key)
+            try:
+                self._db(partition).delete(key)
+            except Exception as exc:  # noqa: BLE001 - as in set()
+                raise StateStoreError(self.name, partition, exc) from exc
             store._key_index.pop(key, None)
         else:
             store.data.pop(key, None)
             store._key_partition.pop(key, None)
         self.outbox.append((partition, key, None))
+
+    def reopen(self, partition: int) -> None:
+        """Close a partition's database after a failed write and open it again.
+
+        RocksDB keeps a failed write-ahead-log append as a background error: every later write
+        fails with it, even once the disk has room again, until the database is reopened (which
+        replays its log: every write that succeeded is kept). Closing raises that same error after
+        releasing the database. Opening raises while the disk still refuses writes; the caller
+        retries. Memory: nothing to do.
+        """
+        if not self.on_disk:
+            return
+        store = self._store
+        with self._opening:
+            db = store._dbs.pop(partition, None)
+            if db is not None:
+                try:
+                    db.close()
+                except Exception as exc:  # noqa: BLE001 - the error that made us reopen it
+                    log.debug("closing the %s database of partition %d: %s", self.name, partition, exc)
+                del db
+            try:
+                store._db_for_partition(partition)
+            except Exception as exc:  # noqa: BLE001 - still failing: the caller retries
+                store._dbs.pop(partition, None)
+                raise StateStoreError(self.name, partition, exc) from exc
+        log.info("reopened the %s database of partition %d", self.name, partition)
+
+    @property
+    def name(self) -> str:
+        return str(self.table.name)
 
     def items(self, partitions: set[int]) -> Iterator[tuple[int, bytes, bytes]]:
         """(partition, key, value) of the sessions held for ``partitions``."""
@@ -311,6 +353,18 @@ class SessionTable:
 def committed_offset(consumer: Any, tp: Any) -> int | None:
     """The offset last committed for ``tp`` by this worker (Faust keeps no public accessor)."""
     return consumer._committed_offset.get(tp)
+
+
+def forget_tracked(consumer: Any, topic: str) -> int:
+    """Drop ``topic``'s messages that a stream took (``tracked``) and nobody acked from Faust's
+    ``consumer.unacked``, after the driver gave them up (``LiveBatches.recover``): they are
+    delivered again, as new messages, from the committed offset, and Faust must not wait for the
+    old ones (``Consumer.wait_empty``) at the next rebalance or stop."""
+    unacked = consumer.unacked
+    stale = [m for m in list(unacked) if m.topic == topic and not m.acked]
+    for m in stale:
+        unacked.discard(m)
+    return len(stale)
 
 
 # -- 5. no ack for an event Faust skipped ------------------------------------------------------------

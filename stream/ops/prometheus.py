@@ -71,6 +71,13 @@ class PrometheusMetrics(Metrics):
                                         registry=r)
         self.catalog_synced = pc.Gauge("shopstream_catalog_sync_caught_up",
                                        "1 once the catalog topic was read to its end at start.", registry=r)
+        self.store_failing = pc.Gauge("shopstream_state_store_failing",
+                                      "1 while the named state store refuses writes on a partition: the worker "
+                                      "takes no events and acks nothing until they succeed.",
+                                      ["store", "partition"], registry=r)
+        self.send_wait = pc.Gauge("shopstream_send_wait_seconds",
+                                  "How long the worker's oldest undelivered send to Kafka has waited (0: none).",
+                                  registry=r)
         self._lag_source: LagSource | None = None
         r.register(_LagCollector(self))
 
@@ -118,6 +125,12 @@ class PrometheusMetrics(Metrics):
 
     def set_catalog_synced(self, synced: bool) -> None:
         self.catalog_synced.set(1 if synced else 0)
+
+    def set_store_failing(self, store: str, partition: int, failing: bool) -> None:
+        self.store_failing.labels(store, str(partition)).set(1 if failing else 0)
+
+    def watch_send_wait(self, source: Callable[[], float]) -> None:
+        self.send_wait.set_function(source)
 
     def watch_lag(self, source: LagSource) -> None:
         self._lag_source = source
