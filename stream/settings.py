@@ -70,6 +70,7 @@ class Settings:
     max_event_bytes: int = 16_384
     dead_letter_max_bytes: int = 65_536      # a dead letter's copy of the value is cut to this (headers say so)
     fault_event_ids: str = ""                # TEST ONLY: comma-separated event ids the encoder "fails" on
+    fault_driver_event_ids: str = ""         # TEST ONLY: the driver raises once after publishing a batch holding one
     max_future_skew_s: float = 3600.0        # events later than now + this are rejected
     min_event_time: str = "2000-01-01T00:00:00+00:00"
     # -- models and index --------------------------------------------------------------------------

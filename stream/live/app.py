@@ -96,6 +96,11 @@ def create_app(settings: Settings, services: Services) -> Any:
                           dead_letter_topic=settings.dead_letter_topic,
                           dead_letter_max_bytes=settings.dead_letter_max_bytes,
                           feedback_topic=settings.resolved_feedback_topic)
+    driver_faults = {x.strip() for x in settings.fault_driver_event_ids.split(",") if x.strip()}
+    if driver_faults:
+        log.warning("TEST HOOK: the driver raises once after publishing each of %d event id(s) "
+                    "(SHOPSTREAM_FAULT_DRIVER_EVENT_IDS)", len(driver_faults))
+        batches.fault_driver_ids = driver_faults
     catalog = start_catalog_sync(app, services, settings)     # every worker applies every catalogue update
     models = None
     if not settings.variants and settings.follow_models:      # variants set by hand win over the topic

@@ -141,6 +141,7 @@ class LiveBatches:
         self.store_fault: StoreFault | None = None      # a failing state store (module docstring)
         self._store_delay = 0.1
         self._recoveries = 0                            # recoveries in a row, without a batch done between
+        self.fault_driver_ids: set[str] = set()         # TEST ONLY (Settings.fault_driver_event_ids)
 
     @property
     def metrics(self):
@@ -304,6 +305,8 @@ class LiveBatches:
         messages = [m for m, _ in pending]
         result = await self._process(messages)
         await self._publish(result)
+        if self.fault_driver_ids:
+            self._inject_driver_fault(result)
         if self.app.rebalancing or self.app.rebalancing_count != generation:
             log.info("a rebalance began during a batch of %d event(s): its session writes and acks are "
                      "left to the partitions' next owner", len(messages))
@@ -387,6 +390,14 @@ class LiveBatches:
         self.metrics.set_store_failing(fault.store, fault.partition, False)
         log.warning("state store writes succeed again after %.1f s; the worker goes on",
                     time.monotonic() - fault.since)
+
+    def _inject_driver_fault(self, result: BatchResult) -> None:
+        """TEST ONLY: raise, once per listed event id, between publishing a batch and writing its
+        sessions -- a bug in the driver, as :meth:`recover` must handle it."""
+        ids = {e for rec in result.recommendations for e in rec.get("event_ids", ())} & self.fault_driver_ids
+        if ids:
+            self.fault_driver_ids -= ids
+            raise RuntimeError(f"injected driver fault after publishing {sorted(ids)} (TEST HOOK)")
 
     # -- anything else that raises (module docstring) -----------------------------------------------
     async def recover(self, exc: BaseException) -> None:
