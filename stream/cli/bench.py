@@ -78,20 +78,24 @@ def register(cli: click.Group) -> None:
                   help="Offered messages per second.")
     @click.option("--pause", "pause_s", type=click.FloatRange(min=0), default=10.0, show_default=True,
                   help="Seconds the broker is paused (SIGSTOP) once.")
+    @click.option("--disk-fault", "disk_fault_s", type=click.FloatRange(min=0), default=15.0, show_default=True,
+                  help="Seconds one worker's state disk refuses every write (its file-size limit lowered); 0: never.")
     @click.option("--malformed-share", type=click.FloatRange(0, 0.5), default=0.10, show_default=True)
     @click.option("--partitions", type=click.IntRange(min=1), default=4, show_default=True)
     @click.option("--seed", type=int, default=0, show_default=True)
     @click.option("--settle-timeout", type=click.FloatRange(min=10), default=300.0, show_default=True,
                   help="Seconds to wait after the last send for every message to be accounted for.")
     @click.option("--json", "as_json", is_flag=True)
-    def chaos(kills, n_events, workers, rate, pause_s, malformed_share, partitions, seed, settle_timeout,
-              as_json) -> None:
-        """Kills, a paused broker, catalogue churn, malformed input: count what is lost (nothing)."""
+    def chaos(kills, n_events, workers, rate, pause_s, disk_fault_s, malformed_share, partitions, seed,
+              settle_timeout, as_json) -> None:
+        """Kills, a paused broker, a failing state disk, catalogue churn, malformed input: count what is
+        lost (nothing)."""
         from stream.tools.chaos import ChaosPlan, render, run_chaos_bench
         from stream.tools.processes import terminate_on_sigterm
 
         terminate_on_sigterm()
         plan = ChaosPlan(events=n_events, rate=rate, workers=workers, kills=kills, pause_s=pause_s,
+                         disk_fault_s=disk_fault_s,
                          malformed_share=malformed_share, seed=seed, settle_timeout_s=settle_timeout)
         result = run_chaos_bench(plan, partitions=partitions,
                                  echo=(lambda s: click.echo(s, err=True)) if as_json else click.echo)

@@ -76,10 +76,12 @@ def create_app(settings: Settings, services: Services) -> Any:
     """A Faust app whose agent turns events into recommendations with ``services``."""
     import faust
 
-    from stream.live.faust_compat import (SessionTable, install_batched_drain, install_changelog_fetch_pause,
+    from stream.live.faust_compat import (SessionTable, install_batched_drain, install_changelog_apply_guard,
+                                          install_changelog_fetch_pause,
                                           install_fetch_max_wait, install_skip_ack_guard, take_batches)
 
     install_changelog_fetch_pause()                   # a changelog Faust does not read is not fetched
+    install_changelog_apply_guard()                   # a failed write of recovered records loses nothing
     install_skip_ack_guard(settings.events_topic)     # Faust may not ack an event it skipped (issue #9)
     install_batched_drain()                           # one wait per fetch, not four tasks per message (issue 13)
     install_fetch_max_wait(settings.fetch_max_wait_ms)   # from the first fetch on, not after ready

@@ -333,6 +333,7 @@ class LiveBatches:
         new meanwhile, so Faust's buffer fills and it stops fetching."""
         owned = self.owned_partitions()
         i = 0
+        wrote = False
         while i < len(writes):
             w = writes[i]
             if w.partition not in owned:
@@ -354,7 +355,9 @@ class LiveBatches:
                 owned = self.owned_partitions()
                 continue
             i += 1
-        self._store_ok()
+            wrote = True
+        if wrote:                              # a batch that wrote nothing says nothing of the store
+            self._store_ok()
         return True
 
     async def _store_failed(self, exc: StateStoreError) -> None:

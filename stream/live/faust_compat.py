@@ -14,6 +14,7 @@ loudly when the pinned versions (faust-streaming 0.15.3, aiokafka 0.14.0) stop h
 7. :func:`install_batched_drain` -- Faust's fetch loop without four asyncio tasks per message.
 8. :func:`take_batches` -- micro-batches straight from the agent's queue, not event by event through its stream.
 9. :func:`install_changelog_fetch_pause` -- a changelog partition Faust does not read is not fetched.
+10. :func:`install_changelog_apply_guard` -- a failed write of changelog records Faust applies loses nothing.
 
 True end offsets: Faust recovers a table by reading its changelog up to the end offsets that ListOffsets reports.
 tansu 0.x (the embedded broker) answers with the base offset of the partition's last record batch,
@@ -620,3 +621,76 @@ async def take_batches(stream: Any, max_: int, within: float) -> Any:
         if batch:
             eager = len(batch) < max_
             yield batch
+
+
+# -- 10. a failed write of changelog records Faust applies itself ------------------------------------
+EXIT_STATE_STORE = 75          # EX_TEMPFAIL: the supervisor restarts the worker, which rebuilds the partition
+
+
+def install_changelog_apply_guard() -> None:
+    """Make a failed RocksDB write of changelog records that Faust applies itself lose nothing.
+
+    Faust writes to the sessions databases itself when it recovers an active partition and while it
+    keeps a standby copy warm (``Store.apply_changelog_batch``). When that write fails (disk full,
+    file too large) ``Recovery._slurp_changelogs`` only logs "Error in recovery" and goes on past
+    the records: the local copy then silently lacks them, and a worker serving from it would fold
+    new events on stale sessions. No public hook reports it, so the store's method is wrapped:
+
+    - a **standby** copy that failed is dropped (closed, its folder removed) and no more records
+      are applied to it; when this worker takes the partition over, the copy has no stored offset
+      and Faust recovers it from the start of the changelog (as after a restart);
+    - an **active** partition that failed to recover is dropped the same way, and the worker exits
+      with ``EXIT_STATE_STORE`` (75): its supervisor restarts it and it recovers the partition from
+      the changelog once the disk takes writes again. (Faust's recovery has already gone past the
+      records, and serving the partition would lose them.)
+    """
+    import os
+    import shutil
+
+    from faust.stores.rocksdb import Store
+
+    if "apply_changelog_batch" in _installed:
+        return
+    original = _installed["apply_changelog_batch"] = Store.apply_changelog_batch
+
+    def drop(store: Any, partition: int) -> None:
+        db = store._dbs.pop(partition, None)
+        if db is not None:
+            try:
+                db.close()
+            except Exception:  # noqa: BLE001 - the failed write's error again
+                pass
+        shutil.rmtree(store.partition_path(partition), ignore_errors=True)
+
+    def apply_changelog_batch(self, batch, to_key, to_value):  # noqa: ANN001, ANN202 - faust's signature
+        dropped = self.__dict__.setdefault("_shopstream_dropped_standbys", set())
+        standbys = self.app.assignor.assigned_standbys()
+        events = [ev for ev in batch if not (ev.message.tp in dropped and ev.message.tp in standbys)]
+        dropped.difference_update(tp for tp in list(dropped) if tp not in standbys)   # taken over: recovered afresh
+        if not events:
+            return None
+        try:
+            return original(self, events, to_key, to_value)
+        except Exception as exc:  # noqa: BLE001 - rocksdict raises bare Exception("IO error: ...")
+            tps = {ev.message.tp for ev in events}
+            for tp in tps:
+                drop(self, tp.partition)
+            active = sorted(tp.partition for tp in tps if tp not in standbys)
+            if active:
+                log.critical("state store failed while recovering sessions partition(s) %s (%s: %s): their "
+                             "local copy is dropped and the worker exits (code %d) for its supervisor to "
+                             "restart it; it recovers them from the changelog", active, type(exc).__name__, exc,
+                             EXIT_STATE_STORE)
+                for handler in logging.getLogger().handlers:
+                    try:
+                        handler.flush()
+                    except Exception:  # noqa: BLE001 - the disk may refuse the log too
+                        pass
+                os._exit(EXIT_STATE_STORE)
+            dropped.update(tps)
+            log.error("state store failed applying standby records of sessions partition(s) %s (%s: %s): that "
+                      "standby copy is dropped; it is recovered from the changelog if this worker takes the "
+                      "partition over", sorted(tp.partition for tp in tps), type(exc).__name__, exc)
+            return None
+
+    Store.apply_changelog_batch = apply_changelog_batch

@@ -15,7 +15,10 @@ One scenario, driven by the CI test (``tests/stream/live/test_chaos.py``) and by
 * the test-only fault hook (``SHOPSTREAM_FAULT_EVENT_IDS``) makes the encoder raise for a few
   chosen event ids;
 * a few shoppers' session values in the sessions changelog are overwritten with bytes that do not
-  parse; a worker that recovers one (after a kill) starts that session afresh.
+  parse; a worker that recovers one (after a kill) starts that session afresh;
+* the disk fault: one worker's state disk refuses every write for ``disk_fault_s`` seconds (its
+  file-size limit, ``RLIMIT_FSIZE``, lowered with ``prlimit`` below what any RocksDB write needs,
+  then restored); its ``/ready`` is polled meanwhile. A kill may hit it too, which heals it.
 
 Then it waits until every message is accounted for, reading the recommendations and dead-letter
 topics from the start:
@@ -26,7 +29,10 @@ topics from the start:
 * a fault-hook event must be dead-lettered as ``processing_error`` and never reflected;
 * a malformed message must be dead-lettered with its reason. Dead letters are matched to what was
   sent by the SHA-256 of the original value (a header of every dead letter), so truncated
-  oversized values and re-sent messages match too.
+  oversized values and re-sent messages match too;
+* a valid event must be in its shopper's session: the sessions changelog's latest value per key
+  lists it among its recent event ids (shoppers whose session was overwritten with garbage, and
+  events older than the session's last ``SEEN_EVENT_IDS``, are not checked).
 
 Duplicates (an event reflected again after a crash, a message dead-lettered twice) are counted,
 never treated as errors: the guarantee is at-least-once.
@@ -54,6 +60,7 @@ from stream.settings import Settings
 log = logging.getLogger(__name__)
 
 MALFORMED_KINDS = ("not_json", "missing_field", "wrong_type", "oversized")
+DISK_FAULT_FSIZE = 6000            # bytes: below the options file RocksDB writes at every open
 OVERSIZED_BYTES = 1_200_000
 DL_HEADER = "shopstream.dead-letter."
 QUERIES = ("red heart candle holder", "vintage tea set", "christmas lights", "cake stand",
@@ -76,6 +83,7 @@ class ChaosPlan:
     users: int = 60
     seed: int = 0
     settle_timeout_s: float = 180.0    # after the last send, how long to wait for everything
+    disk_fault_s: float = 0.0          # one worker's state disk refuses every write this long; 0: never
     session_timeout_s: float = 6.0     # consumer group: a killed worker is replaced after this
 
 
@@ -104,12 +112,18 @@ class ChaosReport:
     kills: int = 0
     kills_of_ready: int = 0            # of workers that were processing (not still starting)
     restarts: int = 0
+    worker_exits: list[int] = field(default_factory=list)   # exit codes of workers that exited by themselves
     pause_s: float = 0.0
     churn_updates: int = 0             # deletes and re-adds published
     corrupt_sessions: int = 0          # garbage session values written to the changelog
     corrupt_sessions_read: int = 0     # times a worker read one and started the session afresh (its logs)
     valid_reflected: int = 0
     valid_missing: list[dict] = field(default_factory=list)
+    disk_fault_s: float = 0.0          # how long a worker's state disk refused writes
+    disk_fault_unready: bool = False   # its /ready answered 503 naming the state store meanwhile
+    disk_fault_ready_checks: int = 0   # /ready answers read from it during the fault
+    sessions_checked: int = 0          # valid events looked up in their shopper's session
+    valid_missing_from_sessions: list[dict] = field(default_factory=list)
     churn_reflected: int = 0
     churn_dead_lettered: int = 0       # as unknown_product
     churn_missing: list[dict] = field(default_factory=list)
@@ -132,7 +146,7 @@ class ChaosReport:
     @property
     def ok(self) -> bool:
         return not (self.valid_missing or self.churn_missing or self.fault_missing or self.malformed_missing
-                    or self.wrong)
+                    or self.wrong or self.valid_missing_from_sessions)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "ok": self.ok}
@@ -214,7 +228,10 @@ class ChaosRun:
         self.dead: dict[str, list[str]] = {}          # sha256 of the original value -> reasons
         self.sent: list[Sent] = []                    # in the order sent, with where each went
         self.fault_ids = ""                           # SHOPSTREAM_FAULT_EVENT_IDS of every worker
+        self.corrupted: set[bytes] = set()            # shoppers whose session value was overwritten
+        self.sessions: dict[bytes, set[str]] | None = None   # read once everything is accounted for
         self.sending = True
+        self.killing: set[int] = set()                # slots kill_one is replacing
 
     # -- workers ------------------------------------------------------------------------------
     def start_worker(self, slot: int) -> subprocess.Popen:
@@ -261,6 +278,7 @@ class ChaosRun:
             await asyncio.sleep(0.5)
         slot = self.rng.choice(ready or alive or list(range(len(self.workers))))
         proc = self.workers[slot]
+        self.killing.add(slot)
         if proc is not None and proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             await asyncio.to_thread(proc.wait)
@@ -269,7 +287,21 @@ class ChaosRun:
             self.echo(f"SIGKILL worker {slot} (pid {proc.pid}, {'processing' if slot in ready else 'starting'}); "
                       "restarting it")
         self.start_worker(slot)
+        self.killing.discard(slot)
         self.report.restarts += 1
+
+    async def supervise(self) -> None:
+        """Restart a worker that exited by itself, as systemd, Kubernetes or compose ``restart:``
+        would (a worker exits when it cannot recover in-process, e.g. a disk that failed while it
+        recovered a partition)."""
+        while True:
+            await asyncio.sleep(1.0)
+            for slot, proc in enumerate(self.workers):
+                if proc is None or slot in self.killing or proc.poll() is None:
+                    continue
+                self.report.worker_exits.append(proc.returncode)
+                self.echo(f"worker {slot} (pid {proc.pid}) exited with code {proc.returncode}; restarting it")
+                self.start_worker(slot)
 
     def stop_workers(self) -> None:
         from stream.tools.demo import stop_process
@@ -345,6 +377,7 @@ class ChaosRun:
                     continue
                 m = self.rng.choice(shoppers)
                 try:
+                    self.corrupted.add(m.key)
                     await producer.send_and_wait(changelog_topic(self.settings), b"\x00not a session",
                                                  key=m.key, partition=m.partition)
                     self.report.corrupt_sessions += 1
@@ -352,6 +385,54 @@ class ChaosRun:
                     log.warning("writing a corrupt session failed: %s: %s", type(exc).__name__, exc)
         finally:
             await producer.stop()
+
+    async def disk_fault(self, window: float) -> None:
+        """Make one processing worker's state disk refuse every write for ``plan.disk_fault_s``:
+        its soft file-size limit goes below the ~7.5 kB options file RocksDB writes at every open
+        (so a reopen fails too) and is restored after. CPython ignores SIGXFSZ: writes fail with
+        EFBIG. The worker's own log lines past the limit are lost meanwhile."""
+        import json
+        import resource
+        import urllib.error
+        import urllib.request
+
+        await asyncio.sleep(window * self.rng.uniform(0.15, 0.35))
+        alive = [i for i, p in enumerate(self.workers) if p is not None and p.poll() is None]
+        ready = [i for i in alive if await asyncio.to_thread(self._ready, i)]
+        if not (ready or alive):
+            return
+        slot = self.rng.choice(ready or alive)
+        proc = self.workers[slot]
+        soft, hard = resource.prlimit(proc.pid, resource.RLIMIT_FSIZE)
+        resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (DISK_FAULT_FSIZE, hard))
+        self.echo(f"disk fault: worker {slot} (pid {proc.pid}) may write no file past {DISK_FAULT_FSIZE} bytes "
+                  f"for {self.plan.disk_fault_s:g}s")
+
+        def ready_says() -> dict | None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.ports[slot]}/ready", timeout=1) as r:
+                    return json.loads(r.read())
+            except urllib.error.HTTPError as exc:
+                return json.loads(exc.read())
+            except (OSError, ValueError):
+                return None
+
+        t0 = time.monotonic()
+        try:
+            while time.monotonic() - t0 < self.plan.disk_fault_s and self.workers[slot] is proc:
+                says = await asyncio.to_thread(ready_says)
+                if says is not None:
+                    self.report.disk_fault_ready_checks += 1
+                    if says.get("state_store_ok") is False and "state_store_ok" in says.get("reasons", {}):
+                        self.report.disk_fault_unready = True
+                await asyncio.sleep(0.5)
+        finally:
+            self.report.disk_fault_s = round(time.monotonic() - t0, 1)
+            try:
+                resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (soft, hard))
+                self.echo(f"disk fault over: worker {slot} writes again")
+            except (ProcessLookupError, PermissionError):
+                self.echo(f"disk fault over: worker {slot} was replaced meanwhile")
 
     # -- input and output ---------------------------------------------------------------------
     async def produce(self, messages: list[Sent]) -> None:
@@ -445,9 +526,74 @@ class ChaosRun:
             else:
                 r.malformed_missing.append(where)
         r.dead_letter_reasons = dict(Counter(x for rs in self.dead.values() for x in rs))
+        if self.sessions is not None:
+            self._check_sessions(self.sessions)
         r.duplicate_reflections = sum(c - 1 for c in self.reflected.values() if c > 1)
         r.duplicate_dead_letters = sum(len(rs) - 1 for rs in self.dead.values() if len(rs) > 1)
         return r
+
+    async def read_sessions(self) -> dict[bytes, set[str]]:
+        """The recent event ids of each shopper's session: the sessions changelog's latest value per key."""
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        from stream.core import session_state
+        from stream.live.faust_compat import checked_end_offsets
+        from stream.ops.topics import changelog_topic
+
+        s = self.settings
+        topic = changelog_topic(s)
+        consumer = AIOKafkaConsumer(group_id=None, bootstrap_servers=s.bootstrap_servers,
+                                    auto_offset_reset="earliest", enable_auto_commit=False, fetch_max_wait_ms=100,
+                                    **s.kafka_client_options())
+        await consumer.start()
+        latest: dict[bytes, bytes | None] = {}
+        try:
+            tps = [TopicPartition(topic, p) for p in range(s.partitions)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await checked_end_offsets(s, await consumer.end_offsets(tps))   # tansu lists them short
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
+                for msgs in batch.values():
+                    for m in msgs:
+                        latest[m.key] = m.value
+                positions = [await consumer.position(tp) for tp in ends]
+                if all(pos >= (end or 0) for pos, end in zip(positions, ends.values())):
+                    break
+        finally:
+            await consumer.stop()
+        out: dict[bytes, set[str]] = {}
+        for key, raw in latest.items():
+            try:
+                state = session_state.loads(raw) if raw else None
+            except Exception:  # noqa: BLE001 - a corrupt value the chaos wrote, not replaced yet
+                state = None
+            out[key] = set(state.get("seen", ())) if state else set()
+        return out
+
+    def _check_sessions(self, sessions: dict[bytes, set[str]]) -> None:
+        from stream.core.session_state import SEEN_EVENT_IDS
+
+        r = self.report
+        r.valid_missing_from_sessions = []
+        by_user: dict[bytes, list[Sent]] = {}
+        for m in self.sent:
+            if m.kind in ("valid", "churn", "fault"):      # every event a session folds, in send order
+                by_user.setdefault(m.key, []).append(m)
+        checked = 0
+        for key, msgs in by_user.items():
+            if key in self.corrupted:
+                continue
+            recent = msgs[-SEEN_EVENT_IDS // 2:]         # well inside the session's window of recent ids
+            for m in recent:
+                if m.kind != "valid" or not self.reflected[m.event_id]:
+                    continue                             # a lost event is counted as lost already
+                checked += 1
+                if m.event_id not in sessions.get(key, ()):
+                    r.valid_missing_from_sessions.append({"event_id": m.event_id, "key": key.decode(),
+                                                          "partition": m.partition, "offset": m.offset})
+        r.sessions_checked = checked
 
     # -- the whole run ------------------------------------------------------------------------
     async def run(self) -> ChaosReport:
@@ -478,10 +624,12 @@ class ChaosRun:
                   f"{plan.kills} kill(s), a {plan.pause_s:g}s broker pause and churn of {len(churn)} product(s)")
         stop = asyncio.Event()
         collector = asyncio.create_task(self.collect(stop))
+        supervisor = asyncio.create_task(self.supervise())
         window = plan.events / plan.rate
         chaos = [asyncio.create_task(self.kills(window)), asyncio.create_task(self.pause_broker(window)),
                  asyncio.create_task(self.churn(index.products, churn)) if churn else None,
-                 asyncio.create_task(self.corrupt_sessions(window)) if plan.corrupt_sessions else None]
+                 asyncio.create_task(self.corrupt_sessions(window)) if plan.corrupt_sessions else None,
+                 asyncio.create_task(self.disk_fault(window)) if plan.disk_fault_s else None]
         chaos = [t for t in chaos if t is not None]
         try:
             await self.produce(messages)
@@ -496,13 +644,20 @@ class ChaosRun:
                     break
                 await asyncio.sleep(1.0)
             r.settle_seconds = round(time.monotonic() - sent_at, 1)
+            for _ in range(10):          # a batch's session writes follow its recommendations
+                self.sessions = await self.read_sessions()
+                self.evaluate()
+                if not r.valid_missing_from_sessions:
+                    break
+                await asyncio.sleep(2.0)
         finally:
             self.sending = False
             for t in chaos:
                 t.cancel()
             await asyncio.gather(*chaos, return_exceptions=True)
             stop.set()
-            await asyncio.gather(collector, return_exceptions=True)
+            supervisor.cancel()
+            await asyncio.gather(collector, supervisor, return_exceptions=True)
             self.stop_workers()
         self.evaluate()
         r.corrupt_sessions_read = sum(Path(p).read_bytes().count(b" does not parse (")
@@ -552,8 +707,14 @@ def render(r: dict) -> str:
         ("chaos", f"{r['kills']} SIGKILLs ({r['kills_of_ready']} of processing workers), broker paused "
                   f"{r['pause_s']:g} s, {r['churn_updates']} catalogue deletes/re-adds, "
                   f"{r['corrupt_sessions']} corrupt session values ({r['corrupt_sessions_read']} read by a worker), "
-                  f"{r['send_retries']} producer retries"),
+                  f"{r['send_retries']} producer retries; {len(r.get('worker_exits', []))} worker exit(s) "
+                  f"restarted {r.get('worker_exits', [])}"),
         ("valid", f"{r['valid_reflected']} reflected, {len(r['valid_missing'])} missing"),
+        ("sessions", f"{r['sessions_checked']} valid events looked up in their shopper's session (changelog): "
+                     f"{len(r['valid_missing_from_sessions'])} missing"),
+        ("disk fault", f"one worker's state disk refused every write for {r['disk_fault_s']:g} s; /ready "
+                       f"{'503 naming the state store' if r['disk_fault_unready'] else 'never said so'} "
+                       f"({r['disk_fault_ready_checks']} checks)" if r["disk_fault_s"] else "none"),
         ("churned products", f"{r['churn_reflected']} reflected, {r['churn_dead_lettered']} dead-lettered "
                              f"unknown_product, {len(r['churn_missing'])} missing"),
         ("fault hook", f"{r['fault_dead_lettered']} dead-lettered processing_error, "

@@ -1,5 +1,5 @@
-"""Chaos in CI: two workers killed again and again, the broker paused, the catalogue churning,
-malformed input, an encoder that fails for chosen events and session values in the changelog that
+"""Chaos in CI: two workers killed again and again, the broker paused, one worker's state disk
+refusing every write for 8 s, the catalogue churning, malformed input, an encoder that fails for chosen events and session values in the changelog that
 do not parse -- and nothing lost.
 
 The scenario is :mod:`stream.tools.chaos` (``shopstream bench chaos`` runs a longer one). Bounded:
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(480)]
 
 PLAN = ChaosPlan(events=900, rate=15.0, workers=2, kills=5, pause_s=10.0, malformed_share=0.10,
-                 churn_products=4, fault_events=3, users=50, seed=3, settle_timeout_s=150.0)
+                 churn_products=4, fault_events=3, users=50, seed=3, settle_timeout_s=150.0, disk_fault_s=8.0)
 
 
 def test_kills_pause_churn_and_malformed_input_lose_nothing(settings_factory, embedded_broker, tmp_path):
@@ -36,6 +36,9 @@ def test_kills_pause_churn_and_malformed_input_lose_nothing(settings_factory, em
     assert report.kills >= 5 and report.restarts >= 5
     assert report.kills_of_ready >= 3, "most kills hit a worker that was processing"
     assert report.pause_s == 10.0
+    assert report.disk_fault_s > 0
+    assert report.disk_fault_unready or report.worker_exits, \
+        "the failing disk showed neither on /ready nor as a worker exit"
     assert report.churn_updates >= 10
     assert report.malformed >= PLAN.events * PLAN.malformed_share * 0.9
     assert set(report.malformed_by_kind) == set(MALFORMED_KINDS)
@@ -50,6 +53,9 @@ def test_kills_pause_churn_and_malformed_input_lose_nothing(settings_factory, em
     assert report.malformed_dead_lettered == report.malformed, \
         f"malformed not dead-lettered: {report.malformed_missing[:20]}; {logs}"
     assert report.valid_reflected == report.valid
+    assert report.sessions_checked > 0
+    assert not report.valid_missing_from_sessions, \
+        f"valid events missing from their shopper's session: {report.valid_missing_from_sessions[:20]}; {logs}"
     assert report.churn_reflected + report.churn_dead_lettered == report.churn_events
     assert {r for r in report.dead_letter_reasons} <= {*MALFORMED_KINDS, "processing_error", "unknown_product"}
     assert report.ok

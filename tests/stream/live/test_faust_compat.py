@@ -254,3 +254,27 @@ def test_a_changelog_faust_pauses_is_not_fetched_and_one_it_resumes_is(broker, t
     finally:
         in_thread(aio.stop())
         loop.call_soon_threadsafe(loop.stop)
+
+
+def test_changelog_apply_reach():
+    """install_changelog_apply_guard wraps the RocksDB store's apply_changelog_batch, because
+    Faust's recovery goes on past records whose write failed ("Error in recovery")."""
+    import faust.tables.recovery
+    from faust.stores.rocksdb import Store
+
+    from stream.live.faust_compat import install_changelog_apply_guard
+
+    params = list(inspect.signature(_original_apply(Store)).parameters)
+    assert params == ["self", "batch", "to_key", "to_value"], f"Store.apply_changelog_batch changed: {params}"
+    src = inspect.getsource(faust.tables.recovery)
+    assert 'logger.warning(f"Error in recovery {ex}")' in src, \
+        "Faust's recovery no longer swallows a failed changelog write: check install_changelog_apply_guard"
+    install_changelog_apply_guard()
+    assert Store.apply_changelog_batch.__name__ == "apply_changelog_batch"
+    assert _original_apply(Store) is not Store.apply_changelog_batch
+
+
+def _original_apply(store_cls):
+    from stream.live import faust_compat
+
+    return faust_compat._installed.get("apply_changelog_batch", store_cls.apply_changelog_batch)
