@@ -122,6 +122,7 @@ class ChaosReport:
     disk_fault_s: float = 0.0          # how long a worker's state disk refused writes
     disk_fault_unready: bool = False   # its /ready answered 503 naming the state store meanwhile
     disk_fault_ready_checks: int = 0   # /ready answers read from it during the fault
+    disk_fault_ready_answers: dict[str, int] = field(default_factory=dict)   # what they said, counted
     sessions_checked: int = 0          # valid events looked up in their shopper's session
     valid_missing_from_sessions: list[dict] = field(default_factory=list)
     churn_reflected: int = 0
@@ -397,11 +398,17 @@ class ChaosRun:
         import urllib.request
 
         await asyncio.sleep(window * self.rng.uniform(0.15, 0.35))
-        alive = [i for i, p in enumerate(self.workers) if p is not None and p.poll() is None]
-        ready = [i for i in alive if await asyncio.to_thread(self._ready, i)]
-        if not (ready or alive):
+        deadline = time.monotonic() + 90.0
+        while True:         # a processing worker: one still loading its model would write nothing
+            alive = [i for i, p in enumerate(self.workers) if p is not None and p.poll() is None]
+            ready = [i for i in alive if i not in self.killing and await asyncio.to_thread(self._ready, i)]
+            if ready or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        if not ready:
+            self.echo("disk fault skipped: no worker became ready")
             return
-        slot = self.rng.choice(ready or alive)
+        slot = self.rng.choice(ready)
         proc = self.workers[slot]
         soft, hard = resource.prlimit(proc.pid, resource.RLIMIT_FSIZE)
         resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (DISK_FAULT_FSIZE, hard))
@@ -421,6 +428,14 @@ class ChaosRun:
         try:
             while time.monotonic() - t0 < self.plan.disk_fault_s and self.workers[slot] is proc:
                 says = await asyncio.to_thread(ready_says)
+                if says is None:
+                    seen = "no answer"
+                elif says.get("ready"):
+                    seen = "200"
+                else:
+                    seen = "503: " + ", ".join(sorted(k for k, v in says.items() if v is False))
+                outcomes = self.report.disk_fault_ready_answers
+                outcomes[seen] = outcomes.get(seen, 0) + 1
                 if says is not None:
                     self.report.disk_fault_ready_checks += 1
                     if says.get("state_store_ok") is False and "state_store_ok" in says.get("reasons", {}):
@@ -714,7 +729,9 @@ def render(r: dict) -> str:
                      f"{len(r['valid_missing_from_sessions'])} missing"),
         ("disk fault", f"one worker's state disk refused every write for {r['disk_fault_s']:g} s; /ready "
                        f"{'503 naming the state store' if r['disk_fault_unready'] else 'never said so'} "
-                       f"({r['disk_fault_ready_checks']} checks)" if r["disk_fault_s"] else "none"),
+                       f"({r['disk_fault_ready_checks']} checks: "
+                       f"{', '.join(f'{k} x{v}' for k, v in sorted(r.get('disk_fault_ready_answers', {}).items()))})"
+                       if r["disk_fault_s"] else "none"),
         ("churned products", f"{r['churn_reflected']} reflected, {r['churn_dead_lettered']} dead-lettered "
                              f"unknown_product, {len(r['churn_missing'])} missing"),
         ("fault hook", f"{r['fault_dead_lettered']} dead-lettered processing_error, "
