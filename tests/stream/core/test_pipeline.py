@@ -95,6 +95,23 @@ def test_an_encoder_failure_is_retried_then_isolated_to_its_message(make_pipelin
     assert sorted(m.offset for m in out.done) == list(range(1, 10))
 
 
+def test_a_failing_state_store_is_raised_never_blamed_on_a_message(make_pipeline, products):
+    """A store that cannot read (disk full, RocksDB I/O error) is no message's fault: the driver
+    stalls and retries; isolating it would dead-letter every event of the batch."""
+    from stream.errors import StateStoreError
+
+    p = make_pipeline(fail_event_ids=frozenset({"e3"}))      # isolation would run for this one
+
+    def failing_read(partition, key):
+        raise StateStoreError("sessions", partition, OSError("IO error: No space left on device"))
+
+    batch = [msg(n, event(n, f"u{n % 3}", products[n])) for n in range(1, 6)]
+    with pytest.raises(StateStoreError, match="No space left"):
+        p.process_isolating(batch, failing_read)
+    with pytest.raises(StateStoreError):
+        p.process_isolating(batch, failing_read, RuntimeError("the batch failed before"))
+
+
 def test_a_session_value_that_does_not_parse_starts_afresh(make_pipeline, products):
     p = make_pipeline()
     store = Store({(0, b"u1"): b"\x00garbage", (0, b"u2"): orjson.dumps({"v": 1, "items": "wrong"})})
