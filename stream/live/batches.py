@@ -419,6 +419,16 @@ class LiveBatches:
         if n:
             log.info("released %d session(s) of revoked partition(s) %s", n, sorted(partitions))
 
+    async def finish(self, timeout: float) -> bool:
+        """A clean stop: wait until the batch in flight is published, written and acked, and run
+        no other batch, retry or sweep after it (the lock is kept). False if it took longer than
+        ``timeout`` seconds: its events are then not acked, and the next owner processes them again."""
+        try:
+            await asyncio.wait_for(self._lock.acquire(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
     def close(self) -> None:
         self._executor.shutdown(wait=False)
 

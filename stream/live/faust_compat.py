@@ -522,6 +522,12 @@ async def take_batches(stream: Any, max_: int, within: float) -> Any:
     rebalance -- is dropped without an ack (the seek to the committed offsets delivers it again);
     any other is marked ``tracked``, joins ``consumer.unacked`` and is reported to the sensors,
     so that its ack (``stream.ack``) is the one Faust counts.
+
+    Stopping: Faust stops an agent by throwing ``StopAsyncIteration`` into its channel
+    (``Actor.cancel``), which the queue's ``get`` raises here. Raised inside an async generator it
+    would turn into ``RuntimeError('async generator raised StopAsyncIteration')`` and Faust would log
+    the agent as crashed on every clean stop; the generator ends instead. A batch being gathered
+    when that comes is dropped unacked (nothing of it was processed: the restart delivers it again).
     """
     import asyncio
 
@@ -545,24 +551,34 @@ async def take_batches(stream: Any, max_: int, within: float) -> Any:
         return True
 
     while not stream.should_stop:
-        event = await queue.get()
+        try:
+            event = await queue.get()
+        except StopAsyncIteration:               # the agent is stopping (``Actor.cancel``): end cleanly
+            return
         batch = [event] if admit(event) else []
         deadline = loop.time() + within
+        stopping = False
         while len(batch) < max_:
-            if not queue.empty():
-                event = queue.get_nowait()
-            elif eager:
+            try:
+                if not queue.empty():
+                    event = queue.get_nowait()
+                elif eager:
+                    break
+                else:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    try:
+                        event = await asyncio.wait_for(queue.get(), remaining)
+                    except asyncio.TimeoutError:
+                        break
+            except StopAsyncIteration:
+                stopping = True
                 break
-            else:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    event = await asyncio.wait_for(queue.get(), remaining)
-                except asyncio.TimeoutError:
-                    break
             if admit(event):
                 batch.append(event)
-        if batch:
+        if batch and not stopping:
             eager = len(batch) < max_
             yield batch
+        if stopping:
+            return
