@@ -41,6 +41,9 @@ class Metrics:
     def set_catalog_synced(self, synced: bool) -> None:
         """Catalogue sync has read the catalog topic to the end it had at start."""
 
+    def on_control_record_skipped(self, kind: str, reason: str) -> None:
+        """A control record (``kind``: catalog, forget, models) that is not valid was logged and skipped."""
+
     def watch_lag(self, source: Callable[[], Mapping[tuple[str, int], int]]) -> None:
         """Register where consumer lag per (topic, partition) is read from when scraped."""
 

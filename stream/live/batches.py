@@ -46,6 +46,7 @@ from typing import Any, Callable, Sequence
 
 import orjson
 
+from stream.core.control import bounded_headers
 from stream.core.dead_letters import Message, dead_letter_record
 from stream.core.pipeline import BatchResult, Pipeline
 from stream.live.faust_compat import SessionTable, committed_offset, forget_gap
@@ -59,7 +60,7 @@ GAP_RESEEK_S = 1.0                       # a seek back to a missing offset is re
 
 def to_message(event: Any, received_at: float) -> Message:
     msg = event.message
-    headers = tuple((k, v) for k, v in (msg.headers or ()))
+    headers = bounded_headers(msg.headers)          # stream.core.control: the limits kept in memory
     return Message(msg.key, msg.value, msg.topic, msg.partition, msg.offset, headers, received_at)
 
 

@@ -71,6 +71,10 @@ class PrometheusMetrics(Metrics):
                                         registry=r)
         self.catalog_synced = pc.Gauge("shopstream_catalog_sync_caught_up",
                                        "1 once the catalog topic was read to its end at start.", registry=r)
+        self.control_skipped = pc.Counter("shopstream_control_records_skipped",
+                                          "Control records (catalogue updates, forget requests, model decisions) "
+                                          "that were not valid: logged with their topic, partition and offset, "
+                                          "and skipped; by kind and reason.", ["kind", "reason"], registry=r)
         self._lag_source: LagSource | None = None
         r.register(_LagCollector(self))
 
@@ -118,6 +122,9 @@ class PrometheusMetrics(Metrics):
 
     def set_catalog_synced(self, synced: bool) -> None:
         self.catalog_synced.set(1 if synced else 0)
+
+    def on_control_record_skipped(self, kind: str, reason: str) -> None:
+        self.control_skipped.labels(kind, reason).inc()
 
     def watch_lag(self, source: LagSource) -> None:
         self._lag_source = source
