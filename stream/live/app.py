@@ -101,6 +101,7 @@ def faust_options(settings: Settings) -> dict[str, Any]:
         value_serializer="raw",
         table_cleanup_interval=60.0,
         stream_buffer_maxsize=settings.buffer_events,   # Faust's 4,096 stalled a loaded worker (issue 13)
+        consumer_max_fetch_size=settings.fetch_partition_max_bytes,   # aiokafka's max_partition_fetch_bytes
         logging_config=None,
         **faust_store_options(settings),        # RocksDB on disk by default; memory for tests
         **faust_datadir(settings),
@@ -115,7 +116,8 @@ def create_app(settings: Settings, services: Services) -> Any:
     install_changelog_fetch_pause()                   # a changelog Faust does not read is not fetched
     install_skip_ack_guard(settings.events_topic)     # Faust may not ack an event it skipped (issue #9)
     install_batched_drain()                           # one wait per fetch, not four tasks per message (issue 13)
-    install_fetch_max_wait(settings.fetch_max_wait_ms)   # from the first fetch on, not after ready
+    install_fetch_max_wait(settings.fetch_max_wait_ms,   # from the first fetch on, not after ready
+                           max_bytes=settings.fetch_max_bytes)
     app = app_class()(settings.app_id, **faust_options(settings))
     raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
                partitions=settings.partitions)

@@ -87,8 +87,8 @@ def install_highwater_check(settings: Settings) -> None:
 
 
 # -- 2. the consumer's fetch wait ------------------------------------------------------------------
-def install_fetch_max_wait(ms: int) -> None:
-    """Give Faust's consumer ``fetch_max_wait_ms`` from its creation on.
+def install_fetch_max_wait(ms: int, max_bytes: int | None = None) -> None:
+    """Give Faust's consumer ``fetch_max_wait_ms`` (and ``fetch_max_bytes``) from its creation on.
 
     Faust fixes its consumer's ``fetch_max_wait_ms`` at 1500 and offers no setting for it. A broker
     that answers a fetch only when that wait ends (tansu, the embedded default) then adds up to
@@ -97,10 +97,16 @@ def install_fetch_max_wait(ms: int) -> None:
     first fetch. (Setting it on the running fetcher from an app task, as before, came after the
     worker was ready, while a fetch with 1,500 ms could still be waiting: a new worker's first
     events waited ~0.5 s for it -- issue 13.)
+
+    ``fetch_max_bytes`` -- the most one fetch response may hold, all partitions together -- Faust
+    leaves at aiokafka's 50 MiB and offers no setting for either; it is set the same way
+    (``_fetch_max_bytes``, handed to the fetcher in ``start()`` as well). Faust's own
+    ``consumer_max_fetch_size`` is aiokafka's per-partition ``max_partition_fetch_bytes``.
     """
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
     _installed["fetch_max_wait_ms"] = ms
+    _installed["fetch_max_bytes"] = max_bytes
     if "create_worker_consumer" in _installed:
         return
     original = _installed["create_worker_consumer"] = AIOKafkaConsumerThread._create_worker_consumer
@@ -108,7 +114,10 @@ def install_fetch_max_wait(ms: int) -> None:
     def _create_worker_consumer(self, transport):  # noqa: ANN001, ANN202 - faust's signature
         consumer = original(self, transport)
         consumer._fetch_max_wait_ms = _installed["fetch_max_wait_ms"]
-        log.info("consumer fetch_max_wait_ms = %d", consumer._fetch_max_wait_ms)
+        if _installed.get("fetch_max_bytes"):
+            consumer._fetch_max_bytes = _installed["fetch_max_bytes"]
+        log.info("consumer fetch_max_wait_ms = %d, fetch_max_bytes = %d, max_partition_fetch_bytes = %d",
+                 consumer._fetch_max_wait_ms, consumer._fetch_max_bytes, consumer._max_partition_fetch_bytes)
         return consumer
 
     AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer
