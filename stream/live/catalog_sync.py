@@ -223,12 +223,18 @@ class CatalogSync:
             backoff = min(backoff * 2, self.backoff_max_s)
 
     async def _sync(self) -> None:
+        from aiokafka.errors import CorruptRecordException
+
+        unreadable = (CorruptRecordException, UnicodeDecodeError)    # a record aiokafka cannot decode
         loop = asyncio.get_running_loop()
         await self.start()
         self._set_healthy(True)
         await self._check_caught_up()
         while True:
-            batch = await self._consumer.getmany(timeout_ms=200, max_records=self.settings.catalog_batch_size)
+            try:
+                batch = await self._consumer.getmany(timeout_ms=200, max_records=self.settings.catalog_batch_size)
+            except unreadable as exc:
+                batch = await self._past_unreadable(exc, unreadable)
             records = [m for msgs in batch.values() for m in msgs]
             if records:
                 await loop.run_in_executor(self._executor, self.apply_records, records)
@@ -239,6 +245,27 @@ class CatalogSync:
             if watch and time.monotonic() >= self._next_watch:
                 self._next_watch = time.monotonic() + watch
                 await loop.run_in_executor(self._executor, self.check_snapshot)
+
+    async def _past_unreadable(self, exc: BaseException, unreadable: tuple) -> dict:
+        """Read past a record aiokafka cannot decode.
+
+        aiokafka decodes a whole record batch at once and raises on every fetch of one it cannot
+        decode (a header key that is not UTF-8, a corrupt batch): without this the follower would
+        restart on it forever and never apply a later record. Each partition is read one record at
+        a time; a record that cannot be read is skipped (logged, counted as ``unreadable``) -- the
+        records after it in the same producer batch cannot be read either, and go the same way.
+        """
+        log.warning("the catalogue topic has a record that cannot be decoded (%s: %s); reading one record "
+                    "at a time past it", type(exc).__name__, exc)
+        out: dict = {}
+        for tp in self._tps:
+            try:
+                out.update(await self._consumer.getmany(tp, timeout_ms=200, max_records=1))
+            except unreadable as one:
+                offset = await self._consumer.position(tp)
+                self._skip(tp.topic, tp.partition, offset, "unreadable", f"{type(one).__name__}: {one}")
+                self._consumer.seek(tp, offset + 1)
+        return out
 
     async def start(self) -> None:
         """Connect, assign every partition and seek: to the applied positions on a restart, else to

@@ -3,7 +3,10 @@ never stop a running worker: each bad one is logged once with its topic, partiti
 counted, and skipped, and the good records after them are still applied."""
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import urllib.request
 
 import orjson
@@ -16,6 +19,28 @@ from tests.kafka_io import event, keyed, read_topic, recs_of
 from tests.stream.live.test_catalog_e2e import SEEN_ITEM, Storefront, items, until
 
 CTRL = CONTROL_HEADER
+
+# A record whose header key is not UTF-8 (librdkafka takes any bytes there): aiokafka's pure-Python
+# builder, run in its own process, is made to write one. aiokafka cannot decode that record batch.
+UNDECODABLE_RECORD = """
+import asyncio, sys
+from aiokafka import AIOKafkaProducer
+
+class NotUtf8(str):
+    def encode(self, *args, **kwargs):
+        return b"\\xff\\xfe"
+
+async def main():
+    producer = AIOKafkaProducer(bootstrap_servers=sys.argv[1])
+    await producer.start()
+    try:
+        await producer.send_and_wait(sys.argv[2], b'{"id": "P-bad", "title": "x"}', key=b"P-bad", partition=0,
+                                     headers=[(NotUtf8("k"), b"v")])
+    finally:
+        await producer.stop()
+
+asyncio.run(main())
+"""
 
 
 async def produce(settings, topic: str, records: list[tuple[bytes | None, bytes | None, list | None]]) -> None:
@@ -93,6 +118,9 @@ def test_malformed_catalogue_and_forget_records_are_skipped_while_the_worker_ser
         async with Storefront(settings, seen.id) as store:
             before = items(await store.recommend())
             await produce(settings, settings.catalog_topic, bad_catalogue)
+            subprocess.run([sys.executable, "-c", UNDECODABLE_RECORD, ",".join(settings.bootstrap_servers),
+                            settings.catalog_topic], env={**os.environ, "AIOKAFKA_NO_EXTENSIONS": "1"},
+                           check=True, timeout=60)
             await push_catalog(settings, [clone])
             rec, _ = await until(store, lambda r: clone.id in items(r), timeout=60)
             assert items(rec)[0] == clone.id
@@ -122,7 +150,8 @@ def test_malformed_catalogue_and_forget_records_are_skipped_while_the_worker_ser
     reasons = [dict(r.headers)["shopstream.dead-letter.reason"] for r in dead]
     assert reasons.count(b"invalid_control") == len(bad_forget)
     text = _metrics(settings.web_port)
-    bad_catalogue_records = len(bad_catalogue) - 2                # the two with odd headers are good records
+    bad_catalogue_records = len(bad_catalogue) - 2 + 1            # two with odd headers are good; one undecodable
+    assert _counter(text, "shopstream_control_records_skipped_total", kind="catalog", reason="unreadable") == 1
     assert _counter(text, "shopstream_control_records_skipped_total", kind="catalog") == bad_catalogue_records
     assert _counter(text, "shopstream_control_records_skipped_total", kind="forget") == len(bad_forget)
     assert _counter(text, "shopstream_catalog_sync_restarts_total") == 0, "the follower never stopped"
