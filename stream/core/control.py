@@ -50,7 +50,8 @@ def control_problem(key: bytes | None, headers) -> tuple[str, str] | None:
     if not key:
         return "no_key", "a forget request without a key (the key must be the user id)"
     if len(key) > MAX_KEY_BYTES:
-        return "key_too_long", f"a forget request whose key has {len(key)} bytes (a user id has at most {MAX_KEY_BYTES})"
+        return "key_too_long", (f"a forget request whose key has {len(key)} bytes "
+                                f"(a user id has at most {MAX_KEY_BYTES})")
     try:
         key.decode("utf-8")
     except UnicodeDecodeError:

@@ -563,8 +563,9 @@ def render(r: dict) -> str:
         ("malformed", f"{r['malformed_dead_lettered']} dead-lettered with their reason, "
                       f"{len(r['malformed_missing'])} missing"),
         ("handled wrongly", str(len(r["wrong"]))),
-        ("duplicates", f"{r['duplicate_reflections']} re-reflected event(s) ({r['duplicates_per_kill']:g} per kill), "
-                       f"{r['duplicate_dead_letters']} repeated dead letter(s); {r['recommendations']} recommendations"),
+        ("duplicates", f"{r['duplicate_reflections']} re-reflected event(s) ({r['duplicates_per_kill']:g} per "
+                       f"kill), {r['duplicate_dead_letters']} repeated dead letter(s); "
+                       f"{r['recommendations']} recommendations"),
         ("time", f"{r['seconds']} s in all; {r['settle_seconds']} s from the last send until everything was "
                  "accounted for"),
         ("verdict", "OK: nothing lost" if r["ok"] else "LOSS OR MISHANDLING (see --json)"),

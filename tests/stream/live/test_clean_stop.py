@@ -8,8 +8,6 @@ import os
 import signal
 import time
 
-import orjson
-
 from stream.tools.demo import stop_process
 from tests.conftest import run
 from tests.kafka_io import event, keyed, read_topic, recs_of
@@ -81,4 +79,4 @@ def test_sigterm_mid_stream_commits_and_restart_repeats_nothing(settings_factory
     assert not twice, f"{len(twice)} event(s) recommended again after the restart: {sorted(twice)[:20]}"
     ids = collections.Counter(r["recommendation_id"] for r in recs)
     assert max(ids.values()) == 1
-    assert orjson.loads(orjson.dumps(recs[0]))["items"]
+    assert all(r["items"] for r in recs)

@@ -15,7 +15,7 @@ from index import Product
 from stream.clients import push_catalog, request_forget
 from stream.core.control import CONTROL_HEADER, FORGET
 from tests.conftest import run
-from tests.kafka_io import event, keyed, read_topic, recs_of
+from tests.kafka_io import event, read_topic
 from tests.stream.live.test_catalog_e2e import SEEN_ITEM, Storefront, items, until
 
 CTRL = CONTROL_HEADER
