@@ -53,6 +53,8 @@ class Settings:
     batch_size: int = 256                    # most events per micro-batch
     batch_wait_ms: int = 20                  # longest wait to fill a micro-batch
     buffer_events: int = 16_384              # fetched events a worker holds before it stops fetching (Faust's stream_buffer_maxsize)
+    fetch_max_bytes: int = 8 * 1024 * 1024   # most bytes one fetch response holds, all partitions (aiokafka fetch_max_bytes)
+    fetch_partition_max_bytes: int = 1024 * 1024   # most bytes of one partition in a fetch (Faust consumer_max_fetch_size)
     model_threads: int = 0                   # CPU threads of the encoders and the index; 0: every core (several workers on one machine: cores / workers)
     top_k: int = 10
     search_blend: float = 0.5                # weight of the shopper's embedding when re-ranking search results
@@ -131,6 +133,11 @@ class Settings:
                 bad(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.buffer_events < self.batch_size:
             bad(f"buffer_events must be at least batch_size ({self.batch_size}), got {self.buffer_events}")
+        if self.fetch_partition_max_bytes < 1024:
+            bad(f"fetch_partition_max_bytes must be at least 1024, got {self.fetch_partition_max_bytes}")
+        if self.fetch_max_bytes < self.fetch_partition_max_bytes:
+            bad(f"fetch_max_bytes must be at least fetch_partition_max_bytes ({self.fetch_partition_max_bytes}), "
+                f"got {self.fetch_max_bytes}")
         if self.dead_letter_max_bytes < 1024:
             bad(f"dead_letter_max_bytes must be at least 1024, got {self.dead_letter_max_bytes}")
         if not self.send_unready_after_s > 0:             # also refuses NaN

@@ -46,6 +46,8 @@ class Metrics:
 
     def watch_send_wait(self, source: Callable[[], float]) -> None:
         """Register where the seconds the worker's sends have waited for Kafka are read from."""
+    def on_control_record_skipped(self, kind: str, reason: str) -> None:
+        """A control record (``kind``: catalog, forget, models) that is not valid was logged and skipped."""
 
     def watch_lag(self, source: Callable[[], Mapping[tuple[str, int], int]]) -> None:
         """Register where consumer lag per (topic, partition) is read from when scraped."""

@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 import orjson
 
 from stream.core import session_state
-from stream.core.control import CONTROL_HEADER, FORGET
+from stream.core.control import control_problem, is_control
 from stream.core.dead_letters import DeadLetter, Message
 from stream.core.metrics import Metrics
 from stream.core.partitioner import partition_for
@@ -97,6 +97,7 @@ class Pipeline:
     monotonic: Callable[[], float] = time.monotonic
     wall_clock: Callable[[], float] = time.time
     _warned_partition: bool = False
+    _reported_control: dict[int, int] = field(default_factory=dict)   # partition -> last invalid control offset logged
 
     # -----------------------------------------------------------------------------------------
     def process(self, messages: Sequence[Message], read_state: StateReader) -> BatchResult:
@@ -107,7 +108,13 @@ class Pipeline:
         held_users: set[str] = set()       # raw user ids with a held message: their later ones wait too
         checked: set[int] = set()          # partitions whose keying this batch has checked
         for msg in messages:
-            if self._is_forget(msg):
+            if msg.headers and is_control(msg.headers):
+                problem = control_problem(msg.key, msg.headers)
+                if problem is not None:
+                    self._invalid_control(msg, *problem)
+                    out.dead_letters.append(DeadLetter(msg, "invalid_control", problem[1]))
+                    out.done.append(msg)
+                    continue
                 raw_user = msg.key.decode("utf-8", "replace")
                 if raw_user in held_users:
                     out.held.append(msg)
@@ -281,9 +288,15 @@ class Pipeline:
             self.metrics.on_dead_letter("corrupt_session")
             return None
 
-    @staticmethod
-    def _is_forget(msg: Message) -> bool:
-        return bool(msg.key) and (CONTROL_HEADER, FORGET) in msg.headers
+    def _invalid_control(self, msg: Message, reason: str, detail: str) -> None:
+        """Log and count a control message that is not valid, once (a batch may be run again)."""
+        if msg.offset <= self._reported_control.get(msg.partition, -1):
+            return
+        self._reported_control[msg.partition] = msg.offset
+        self.metrics.on_control_record_skipped("forget", reason)
+        self.metrics.on_dead_letter("invalid_control")
+        log.error("control message %s/%d@%d is not valid (%s), dead-lettered: %s", msg.topic, msg.partition,
+                  msg.offset, reason, detail)
 
     def _check_partition(self, user_key: bytes, msg: Message) -> None:
         if self._warned_partition or not self.partitions:

@@ -17,6 +17,42 @@ from stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
+STOP_BATCH_WAIT_S = 8.0     # a clean stop waits this long for the batch in flight (docker stop gives 10 s)
+_app_class: Any = None
+
+
+def app_class() -> Any:
+    """``faust.App`` with a clean stop that lets the batch in flight finish first.
+
+    Faust stops an app by stopping its fetcher, clearing the agents' queues and stopping its
+    tables (``App.on_stop``), then its children in reverse start order: agents (cancelled), the
+    consumer (whose ``on_stop`` commits the acked offsets), the producer. A batch in flight would
+    be cancelled between publishing its recommendations and acking its events, and the restarted
+    worker would publish them again. ``on_stop`` -- Faust's override point -- first waits for that
+    batch (:meth:`LiveBatches.finish`), so its acks are in the consumer's final commit.
+    """
+    global _app_class
+    if _app_class is None:
+        import faust
+
+        class ShopstreamApp(faust.App):
+            shopstream_batches: Any = None
+
+            async def on_stop(self) -> None:
+                batches = self.shopstream_batches
+                if batches is not None:
+                    t0 = time.monotonic()
+                    if await batches.finish(STOP_BATCH_WAIT_S):
+                        log.info("stopping: the batch in flight finished in %.2fs; its offsets are committed "
+                                 "with the consumer's last commit", time.monotonic() - t0)
+                    else:
+                        log.warning("stopping: the batch in flight did not finish within %.0fs; its events are "
+                                    "not acked and will be processed again after the restart", STOP_BATCH_WAIT_S)
+                await super().on_stop()
+
+        _app_class = ShopstreamApp
+    return _app_class
+
 
 def broker_credentials(settings: Settings) -> Any:
     import faust
@@ -66,6 +102,7 @@ def faust_options(settings: Settings) -> dict[str, Any]:
         value_serializer="raw",
         table_cleanup_interval=60.0,
         stream_buffer_maxsize=settings.buffer_events,   # Faust's 4,096 stalled a loaded worker (issue 13)
+        consumer_max_fetch_size=settings.fetch_partition_max_bytes,   # aiokafka's max_partition_fetch_bytes
         logging_config=None,
         **faust_store_options(settings),        # RocksDB on disk by default; memory for tests
         **faust_datadir(settings),
@@ -74,8 +111,6 @@ def faust_options(settings: Settings) -> dict[str, Any]:
 
 def create_app(settings: Settings, services: Services) -> Any:
     """A Faust app whose agent turns events into recommendations with ``services``."""
-    import faust
-
     from stream.live.faust_compat import (SessionTable, install_batched_drain, install_changelog_apply_guard,
                                           install_changelog_fetch_pause,
                                           install_fetch_max_wait, install_skip_ack_guard, take_batches)
@@ -84,8 +119,9 @@ def create_app(settings: Settings, services: Services) -> Any:
     install_changelog_apply_guard()                   # a failed write of recovered records loses nothing
     install_skip_ack_guard(settings.events_topic)     # Faust may not ack an event it skipped (issue #9)
     install_batched_drain()                           # one wait per fetch, not four tasks per message (issue 13)
-    install_fetch_max_wait(settings.fetch_max_wait_ms)   # from the first fetch on, not after ready
-    app = faust.App(settings.app_id, **faust_options(settings))
+    install_fetch_max_wait(settings.fetch_max_wait_ms,   # from the first fetch on, not after ready
+                           max_bytes=settings.fetch_max_bytes)
+    app = app_class()(settings.app_id, **faust_options(settings))
     raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
                partitions=settings.partitions)
     events = app.topic(settings.events_topic, **raw)
@@ -103,6 +139,7 @@ def create_app(settings: Settings, services: Services) -> Any:
         log.warning("TEST HOOK: the driver raises once after publishing each of %d event id(s) "
                     "(SHOPSTREAM_FAULT_DRIVER_EVENT_IDS)", len(driver_faults))
         batches.fault_driver_ids = driver_faults
+    app.shopstream_batches = batches
     catalog = start_catalog_sync(app, services, settings)     # every worker applies every catalogue update
     models = None
     if not settings.variants and settings.follow_models:      # variants set by hand win over the topic

@@ -61,6 +61,7 @@ from typing import Any, Callable, Sequence
 
 import orjson
 
+from stream.core.control import bounded_headers
 from stream.core.dead_letters import Message, dead_letter_record
 from stream.core.pipeline import BatchResult, Pipeline
 from stream.errors import StateStoreError
@@ -110,7 +111,7 @@ class StoreFault:
 
 def to_message(event: Any, received_at: float) -> Message:
     msg = event.message
-    headers = tuple((k, v) for k, v in (msg.headers or ()))
+    headers = bounded_headers(msg.headers)          # stream.core.control: the limits kept in memory
     return Message(msg.key, msg.value, msg.topic, msg.partition, msg.offset, headers, received_at)
 
 
@@ -590,6 +591,16 @@ class LiveBatches:
             self.unacked.pop(p, None)
         if n:
             log.info("released %d session(s) of revoked partition(s) %s", n, sorted(partitions))
+
+    async def finish(self, timeout: float) -> bool:
+        """A clean stop: wait until the batch in flight is published, written and acked, and run
+        no other batch, retry or sweep after it (the lock is kept). False if it took longer than
+        ``timeout`` seconds: its events are then not acked, and the next owner processes them again."""
+        try:
+            await asyncio.wait_for(self._lock.acquire(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
 
     def close(self) -> None:
         self._executor.shutdown(wait=False)

@@ -70,6 +70,8 @@ class CatalogSync:
         self.last_error: str | None = None
         self.bootstrap_s: float | None = None            # from start to caught up
         self.swaps = 0
+        self.skipped = 0                                 # records not valid, logged and skipped
+        self._reported: dict[int, int] = {}              # per partition: the last skipped offset logged
         self._caught_up = asyncio.Event()
         self._end_at_start: dict[int, int] | None = None
         self._started_at: float | None = None
@@ -85,15 +87,46 @@ class CatalogSync:
 
     # -- applying updates ---------------------------------------------------------------------
     def apply_records(self, records: Iterable[Any]) -> int:
+        """Parse and apply a batch of records. A record that is not a valid update, or whose update
+        fails on its own while others of its batch apply, is logged once (topic, partition, offset),
+        counted (``shopstream_control_records_skipped_total{kind="catalog"}``) and skipped; a batch
+        in which every update fails raises (something beyond the records: supervised restart)."""
         updates = []
         for r in records:
             try:
                 updates.append(parse_record(r.key, r.value, r.partition, r.offset))
             except CatalogError as exc:
-                log.error("skipping catalogue record %s/%d: %s", r.partition, r.offset, exc)
+                self._skip(r.topic, r.partition, r.offset, getattr(exc, "reason", "invalid"), str(exc))
+            except Exception as exc:  # noqa: BLE001 - no record may stop the follower
+                self._skip(r.topic, r.partition, r.offset, "unparseable", f"{type(exc).__name__}: {exc}")
         if not updates:
             return 0
         t0 = time.perf_counter()
+        try:
+            done = self._apply(updates)
+        except Exception as exc:  # noqa: BLE001 - isolated below
+            if len(updates) == 1:
+                raise
+            log.warning("a batch of %d catalogue update(s) failed (%s: %s); applying them one by one",
+                        len(updates), type(exc).__name__, exc)
+            done, failed = [], []
+            for u in updates:
+                try:
+                    done += self._apply([u])
+                except Exception as one:  # noqa: BLE001
+                    failed.append((u, one))
+            if not done:
+                raise
+            for u, one in failed:
+                self._skip(self.settings.catalog_topic, u.partition, u.offset, "apply_failed",
+                           f"product {u.product_id!r}: {type(one).__name__}: {one}")
+        index = self.services.index.current
+        self.services.metrics.set_index(index.version, len(index))
+        log.info("applied %d catalogue update(s) to index %s in %.0f ms", len(done), index.version,
+                 (time.perf_counter() - t0) * 1e3)
+        return len(done)
+
+    def _apply(self, updates: list[CatalogUpdate]) -> list[CatalogUpdate]:
         services = self.services
         lock = getattr(services, "catalog_lock", None) or contextlib.nullcontext()
         with lock:                             # the live index, then every variant's in its own space
@@ -103,11 +136,16 @@ class CatalogSync:
                 self._apply_to(holder, updates, products.encode)
             for u in done:
                 self.applied[u.product_id] = u
-        index = self.services.index.current
-        self.services.metrics.set_index(index.version, len(index))
-        log.info("applied %d catalogue update(s) to index %s in %.0f ms", len(done), index.version,
-                 (time.perf_counter() - t0) * 1e3)
-        return len(done)
+        return done
+
+    def _skip(self, topic: str, partition: int, offset: int, reason: str, detail: str) -> None:
+        """Log (once per record, also when a restart reads it again) and count a skipped record."""
+        if offset <= self._reported.get(partition, -1):
+            return
+        self._reported[partition] = offset
+        self.skipped += 1
+        self.services.metrics.on_control_record_skipped("catalog", reason)
+        log.error("skipped catalogue record %s/%d@%d (%s): %s", topic, partition, offset, reason, detail[:300])
 
     @staticmethod
     def _apply_to(holder, updates, encode) -> list[CatalogUpdate]:
@@ -185,12 +223,18 @@ class CatalogSync:
             backoff = min(backoff * 2, self.backoff_max_s)
 
     async def _sync(self) -> None:
+        from aiokafka.errors import CorruptRecordException
+
+        unreadable = (CorruptRecordException, UnicodeDecodeError)    # a record aiokafka cannot decode
         loop = asyncio.get_running_loop()
         await self.start()
         self._set_healthy(True)
         await self._check_caught_up()
         while True:
-            batch = await self._consumer.getmany(timeout_ms=200, max_records=self.settings.catalog_batch_size)
+            try:
+                batch = await self._consumer.getmany(timeout_ms=200, max_records=self.settings.catalog_batch_size)
+            except unreadable as exc:
+                batch = await self._past_unreadable(exc, unreadable)
             records = [m for msgs in batch.values() for m in msgs]
             if records:
                 await loop.run_in_executor(self._executor, self.apply_records, records)
@@ -201,6 +245,27 @@ class CatalogSync:
             if watch and time.monotonic() >= self._next_watch:
                 self._next_watch = time.monotonic() + watch
                 await loop.run_in_executor(self._executor, self.check_snapshot)
+
+    async def _past_unreadable(self, exc: BaseException, unreadable: tuple) -> dict:
+        """Read past a record aiokafka cannot decode.
+
+        aiokafka decodes a whole record batch at once and raises on every fetch of one it cannot
+        decode (a header key that is not UTF-8, a corrupt batch): without this the follower would
+        restart on it forever and never apply a later record. Each partition is read one record at
+        a time; a record that cannot be read is skipped (logged, counted as ``unreadable``) -- the
+        records after it in the same producer batch cannot be read either, and go the same way.
+        """
+        log.warning("the catalogue topic has a record that cannot be decoded (%s: %s); reading one record "
+                    "at a time past it", type(exc).__name__, exc)
+        out: dict = {}
+        for tp in self._tps:
+            try:
+                out.update(await self._consumer.getmany(tp, timeout_ms=200, max_records=1))
+            except unreadable as one:
+                offset = await self._consumer.position(tp)
+                self._skip(tp.topic, tp.partition, offset, "unreadable", f"{type(one).__name__}: {one}")
+                self._consumer.seek(tp, offset + 1)
+        return out
 
     async def start(self) -> None:
         """Connect, assign every partition and seek: to the applied positions on a restart, else to

@@ -89,8 +89,8 @@ def install_highwater_check(settings: Settings) -> None:
 
 
 # -- 2. the consumer's fetch wait ------------------------------------------------------------------
-def install_fetch_max_wait(ms: int) -> None:
-    """Give Faust's consumer ``fetch_max_wait_ms`` from its creation on.
+def install_fetch_max_wait(ms: int, max_bytes: int | None = None) -> None:
+    """Give Faust's consumer ``fetch_max_wait_ms`` (and ``fetch_max_bytes``) from its creation on.
 
     Faust fixes its consumer's ``fetch_max_wait_ms`` at 1500 and offers no setting for it. A broker
     that answers a fetch only when that wait ends (tansu, the embedded default) then adds up to
@@ -99,10 +99,16 @@ def install_fetch_max_wait(ms: int) -> None:
     first fetch. (Setting it on the running fetcher from an app task, as before, came after the
     worker was ready, while a fetch with 1,500 ms could still be waiting: a new worker's first
     events waited ~0.5 s for it -- issue 13.)
+
+    ``fetch_max_bytes`` -- the most one fetch response may hold, all partitions together -- Faust
+    leaves at aiokafka's 50 MiB and offers no setting for either; it is set the same way
+    (``_fetch_max_bytes``, handed to the fetcher in ``start()`` as well). Faust's own
+    ``consumer_max_fetch_size`` is aiokafka's per-partition ``max_partition_fetch_bytes``.
     """
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
     _installed["fetch_max_wait_ms"] = ms
+    _installed["fetch_max_bytes"] = max_bytes
     if "create_worker_consumer" in _installed:
         return
     original = _installed["create_worker_consumer"] = AIOKafkaConsumerThread._create_worker_consumer
@@ -110,7 +116,10 @@ def install_fetch_max_wait(ms: int) -> None:
     def _create_worker_consumer(self, transport):  # noqa: ANN001, ANN202 - faust's signature
         consumer = original(self, transport)
         consumer._fetch_max_wait_ms = _installed["fetch_max_wait_ms"]
-        log.info("consumer fetch_max_wait_ms = %d", consumer._fetch_max_wait_ms)
+        if _installed.get("fetch_max_bytes"):
+            consumer._fetch_max_bytes = _installed["fetch_max_bytes"]
+        log.info("consumer fetch_max_wait_ms = %d, fetch_max_bytes = %d, max_partition_fetch_bytes = %d",
+                 consumer._fetch_max_wait_ms, consumer._fetch_max_bytes, consumer._max_partition_fetch_bytes)
         return consumer
 
     AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer
@@ -577,6 +586,12 @@ async def take_batches(stream: Any, max_: int, within: float) -> Any:
     rebalance -- is dropped without an ack (the seek to the committed offsets delivers it again);
     any other is marked ``tracked``, joins ``consumer.unacked`` and is reported to the sensors,
     so that its ack (``stream.ack``) is the one Faust counts.
+
+    Stopping: Faust stops an agent by throwing ``StopAsyncIteration`` into its channel
+    (``Actor.cancel``), which the queue's ``get`` raises here. Raised inside an async generator it
+    would turn into ``RuntimeError('async generator raised StopAsyncIteration')`` and Faust would log
+    the agent as crashed on every clean stop; the generator ends instead. A batch being gathered
+    when that comes is dropped unacked (nothing of it was processed: the restart delivers it again).
     """
     import asyncio
 
@@ -600,27 +615,37 @@ async def take_batches(stream: Any, max_: int, within: float) -> Any:
         return True
 
     while not stream.should_stop:
-        event = await queue.get()
+        try:
+            event = await queue.get()
+        except StopAsyncIteration:               # the agent is stopping (``Actor.cancel``): end cleanly
+            return
         batch = [event] if admit(event) else []
         deadline = loop.time() + within
+        stopping = False
         while len(batch) < max_:
-            if not queue.empty():
-                event = queue.get_nowait()
-            elif eager:
+            try:
+                if not queue.empty():
+                    event = queue.get_nowait()
+                elif eager:
+                    break
+                else:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    try:
+                        event = await asyncio.wait_for(queue.get(), remaining)
+                    except asyncio.TimeoutError:
+                        break
+            except StopAsyncIteration:
+                stopping = True
                 break
-            else:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    event = await asyncio.wait_for(queue.get(), remaining)
-                except asyncio.TimeoutError:
-                    break
             if admit(event):
                 batch.append(event)
-        if batch:
+        if batch and not stopping:
             eager = len(batch) < max_
             yield batch
+        if stopping:
+            return
 
 
 # -- 10. a failed write of changelog records Faust applies itself ------------------------------------

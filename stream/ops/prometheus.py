@@ -78,6 +78,10 @@ class PrometheusMetrics(Metrics):
         self.send_wait = pc.Gauge("shopstream_send_wait_seconds",
                                   "How long the worker's oldest undelivered send to Kafka has waited (0: none).",
                                   registry=r)
+        self.control_skipped = pc.Counter("shopstream_control_records_skipped",
+                                          "Control records (catalogue updates, forget requests, model decisions) "
+                                          "that were not valid: logged with their topic, partition and offset, "
+                                          "and skipped; by kind and reason.", ["kind", "reason"], registry=r)
         self._lag_source: LagSource | None = None
         r.register(_LagCollector(self))
 
@@ -131,6 +135,8 @@ class PrometheusMetrics(Metrics):
 
     def watch_send_wait(self, source: Callable[[], float]) -> None:
         self.send_wait.set_function(source)
+    def on_control_record_skipped(self, kind: str, reason: str) -> None:
+        self.control_skipped.labels(kind, reason).inc()
 
     def watch_lag(self, source: LagSource) -> None:
         self._lag_source = source

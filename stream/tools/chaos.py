@@ -136,6 +136,7 @@ class ChaosReport:
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
     duplicate_reflections: int = 0     # an event listed again in a later recommendation
     duplicate_dead_letters: int = 0
+    duplicates_per_kill: float = 0.0  # re-reflected events per SIGKILL: what the killed worker had in flight
     recommendations: int = 0
     send_retries: int = 0
     send_seconds: float = 0.0
@@ -545,6 +546,7 @@ class ChaosRun:
             self._check_sessions(self.sessions)
         r.duplicate_reflections = sum(c - 1 for c in self.reflected.values() if c > 1)
         r.duplicate_dead_letters = sum(len(rs) - 1 for rs in self.dead.values() if len(rs) > 1)
+        r.duplicates_per_kill = round(r.duplicate_reflections / r.kills, 1) if r.kills else 0.0
         return r
 
     async def read_sessions(self) -> dict[bytes, set[str]]:
@@ -739,8 +741,9 @@ def render(r: dict) -> str:
         ("malformed", f"{r['malformed_dead_lettered']} dead-lettered with their reason, "
                       f"{len(r['malformed_missing'])} missing"),
         ("handled wrongly", str(len(r["wrong"]))),
-        ("duplicates", f"{r['duplicate_reflections']} re-reflected event(s), {r['duplicate_dead_letters']} "
-                       f"repeated dead letter(s); {r['recommendations']} recommendations"),
+        ("duplicates", f"{r['duplicate_reflections']} re-reflected event(s) ({r['duplicates_per_kill']:g} per "
+                       f"kill), {r['duplicate_dead_letters']} repeated dead letter(s); "
+                       f"{r['recommendations']} recommendations"),
         ("time", f"{r['seconds']} s in all; {r['settle_seconds']} s from the last send until everything was "
                  "accounted for"),
         ("verdict", "OK: nothing lost" if r["ok"] else "LOSS OR MISHANDLING (see --json)"),

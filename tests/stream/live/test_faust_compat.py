@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[3]
-PRIVATE = re.compile(r"_current_event|\._gap\b|_fetch_max_wait_ms|_highwaters|_committed_offset|\._thread\._consumer"
+PRIVATE = re.compile(r"_current_event|\._gap\b|_fetch_max_wait_ms|_fetch_max_bytes|_highwaters|_committed_offset|\._thread\._consumer"
                      r"|send_changelog|_key_partition|_db_for_partition")
 
 
@@ -174,9 +174,15 @@ def test_fetch_wait_reaches_the_consumer_faust_creates():
     assert "fetch_max_wait_ms=1500" in inspect.getsource(
         faust_compat._installed.get("create_worker_consumer", AIOKafkaConsumerThread._create_worker_consumer))
     assert "self._fetch_max_wait_ms = fetch_max_wait_ms" in inspect.getsource(aiokafka.AIOKafkaConsumer.__init__)
-    faust_compat.install_fetch_max_wait(25)
+    # the byte bound of a fetch goes the same way
+    assert "fetch_max_bytes=self._fetch_max_bytes" in inspect.getsource(aiokafka.AIOKafkaConsumer.start)
+    assert "self._fetch_max_bytes = fetch_max_bytes" in inspect.getsource(aiokafka.AIOKafkaConsumer.__init__)
+    assert "max_partition_fetch_bytes=conf.consumer_max_fetch_size" in inspect.getsource(
+        faust_compat._installed.get("create_worker_consumer", AIOKafkaConsumerThread._create_worker_consumer))
+    faust_compat.install_fetch_max_wait(25, max_bytes=4 << 20)
     assert AIOKafkaConsumerThread._create_worker_consumer is not faust_compat._installed["create_worker_consumer"]
     assert faust_compat._installed["fetch_max_wait_ms"] == 25
+    assert faust_compat._installed["fetch_max_bytes"] == 4 << 20
 
 
 def test_a_changelog_faust_pauses_is_not_fetched_and_one_it_resumes_is(broker, tmp_path):
