@@ -25,3 +25,15 @@ class InvalidEvent(ShopstreamError, ValueError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+class RegistryError(ShopstreamError):
+    """An artifact registry that cannot be reached, or an artifact that cannot be fetched or fails
+    its sha256 check (refused: nothing of it is loaded). ``reason``: a short code
+    (``unreachable``, ``address``, ``sha256``, ``archive``, ``write``)."""
+
+    retriable = True
+
+    def __init__(self, message: str, reason: str = "unreachable") -> None:
+        super().__init__(message)
+        self.reason = reason

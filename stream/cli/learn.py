@@ -18,7 +18,9 @@ def register(cli: click.Group) -> None:
     @click.option("--once", is_flag=True, help="One pass (learn, then decide), then exit: for a scheduler.")
     @click.option("--interval", type=click.FloatRange(min=1.0), default=3600.0, show_default=True,
                   help="Seconds between passes of the long-running loop.")
-    @path_option("--registry", default=None, help="Folder of versioned models and indexes (default <data_dir>/registry).")
+    @click.option("--registry", default=None,
+                  help="Registry URL the candidate is published to (file:///folder, s3://bucket/path; default "
+                       "SHOPSTREAM_REGISTRY; none: <data_dir>/registry, read by workers on this host only).")
     @path_option("--catalog", default=None, help="Product catalogue (default: the shipped Online Retail one).")
     @click.option("--alpha", type=float, default=0.05, show_default=True, help="Significance of a promotion decision.")
     @click.option("--min-served", type=click.IntRange(min=1), default=1000, show_default=True,
@@ -35,8 +37,10 @@ def register(cli: click.Group) -> None:
         from stream.ops.continuous_training import learn_once
         from stream.ops.promotion import decide
 
+        if registry:
+            settings = settings.replace(registry=registry)      # a malformed URL: one line, exit 2
         while True:
-            summary = asyncio.run(learn_once(settings, registry=registry, catalog=catalog, threads=threads))
+            summary = asyncio.run(learn_once(settings, catalog=catalog, threads=threads))
             decisions = asyncio.run(decide(settings, alpha=alpha, min_served=min_served))
             _echo_pass(summary, decisions, as_json)
             if once:
@@ -50,19 +54,22 @@ def register(cli: click.Group) -> None:
         """Every session-encoder version on the models topic: state, share, offline and online figures."""
         import orjson
 
-        from stream.ops.model_log import read_models
+        from stream.ops.model_log import read_model_log
 
-        records = sorted(asyncio.run(read_models(settings)).values(), key=lambda r: r.decided_at)
+        found, invalid = asyncio.run(read_model_log(settings))
+        records = sorted(found.values(), key=lambda r: r.decided_at)
         if as_json:
             click.echo(orjson.dumps([r.__dict__ for r in records], option=orjson.OPT_INDENT_2).decode())
             return
         if not records:
             click.echo(f"no models on {settings.models_topic}: workers serve the configured session encoder")
-            return
-        click.echo(f"{'version':<26} {'state':<10} {'share':>5} {'NDCG@10':>8} {'serving':>8} "
-                   f"{'online hit rate (cand / control)':>34} {'p':>7}  decided_at            reason")
-        for r in records:
-            click.echo(_row(r))
+        else:
+            click.echo(f"{'version':<26} {'state':<10} {'share':>5} {'NDCG@10':>8} {'serving':>8} "
+                       f"{'online hit rate (cand / control)':>34} {'p':>7}  decided_at            reason")
+            for r in records:
+                click.echo(_row(r))
+        for b in invalid:
+            click.echo(f"{b.key[:26]:<26} {'invalid':<10} partition {b.partition} offset {b.offset}: {b.reason}")
 
 
 def _row(r) -> str:

@@ -41,6 +41,15 @@ class Metrics:
     def set_catalog_synced(self, synced: bool) -> None:
         """Catalogue sync has read the catalog topic to the end it had at start."""
 
+    def on_invalid_control_record(self, topic: str) -> None:
+        """A record of a control topic (models, catalogue, forget) of no valid shape was skipped."""
+
+    def on_artifact_fetched(self, size: int) -> None:
+        """Bytes of a registry artifact downloaded into this host's cache."""
+
+    def on_artifact_refused(self, reason: str) -> None:
+        """A registry artifact could not be fetched or failed its sha256 check, and was not loaded."""
+
     def watch_lag(self, source: Callable[[], Mapping[tuple[str, int], int]]) -> None:
         """Register where consumer lag per (topic, partition) is read from when scraped."""
 

@@ -71,6 +71,14 @@ class PrometheusMetrics(Metrics):
                                         registry=r)
         self.catalog_synced = pc.Gauge("shopstream_catalog_sync_caught_up",
                                        "1 once the catalog topic was read to its end at start.", registry=r)
+        self.invalid_control = pc.Counter("shopstream_invalid_control_records",
+                                          "Records of a control topic skipped as invalid, by topic.",
+                                          ["topic"], registry=r)
+        self.artifact_bytes = pc.Counter("shopstream_registry_fetched_bytes",
+                                         "Bytes of model and index artifacts fetched from the registry.", registry=r)
+        self.artifact_refused = pc.Counter("shopstream_registry_refused",
+                                           "Registry artifacts refused (not fetched, or failing the sha256 check).",
+                                           ["reason"], registry=r)
         self._lag_source: LagSource | None = None
         r.register(_LagCollector(self))
 
@@ -118,6 +126,15 @@ class PrometheusMetrics(Metrics):
 
     def set_catalog_synced(self, synced: bool) -> None:
         self.catalog_synced.set(1 if synced else 0)
+
+    def on_invalid_control_record(self, topic: str) -> None:
+        self.invalid_control.labels(topic).inc()
+
+    def on_artifact_fetched(self, size: int) -> None:
+        self.artifact_bytes.inc(size)
+
+    def on_artifact_refused(self, reason: str) -> None:
+        self.artifact_refused.labels(reason).inc()
 
     def watch_lag(self, source: LagSource) -> None:
         self._lag_source = source

@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from stream.core.online_stats import HitRate, compare
-from stream.ops.models import ModelRecord, now_iso
+from stream.ops.models import ModelRecord
 from tests.conftest import run
 from tests.kafka_io import event, keyed, produce_raw, read_topic, recs_of
 
@@ -43,8 +43,16 @@ def tower(tmp_path_factory, text_encoder, catalog_products):
 
 def record(version, state, art="", index="", share=0.0, reason="") -> tuple[bytes, bytes]:
     rec = ModelRecord(version=version, state=state, artifact=str(art), index=str(index), share=share,
-                      reason=reason, decided_at=now_iso() + f".{time.monotonic_ns()}")
+                      reason=reason, decided_at=_now_us())
     return version.encode(), rec.to_bytes()
+
+
+def _now_us() -> str:
+    """decided_at with microseconds: records written in one test follow each other in order."""
+    from datetime import datetime, timezone
+
+    time.sleep(0.001)
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def served_models(services):
