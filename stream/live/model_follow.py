@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -69,8 +70,9 @@ class ModelFollower:
 
     # -- deciding and swapping (pure of Kafka; tests call these) --------------------------------
     def apply(self, pairs: list[tuple]) -> bool:
-        """Take (key, value) or (key, value, partition, offset) records of the topic in order; swap
-        the variants if what is to be served changed. True when a swap happened."""
+        """Take (key, value) or (key, value, partition, offset[, timestamp ms]) records of the topic
+        in order; swap the variants if what is to be served changed. True when a swap happened."""
+        written_ms = max((row[4] for row in pairs if len(row) >= 5 and row[4]), default=None)
         for row in pairs:
             found, bad = read_log([row])
             for b in bad:
@@ -106,8 +108,9 @@ class ModelFollower:
         self._loaded = {a.recommender.session_encoder.model_version: a for a in arms}
         self.serving = want
         self.swaps += 1
-        log.info("models topic: now serving %s", ", ".join(
-            f"{a.name}={a.recommender.session_encoder.model_version} ({a.weight:.0%})" for a in arms))
+        after = "" if written_ms is None else f", {time.time() - written_ms / 1000:.2f}s after the record was written"
+        log.info("models topic: now serving %s%s", ", ".join(
+            f"{a.name}={a.recommender.session_encoder.model_version} ({a.weight:.0%})" for a in arms), after)
         heap.refreeze("a model swap")             # the models let go may sit in reference cycles
         return True
 
@@ -194,7 +197,7 @@ class ModelFollower:
             log.info("following the models topic %s", s.models_topic)
             while True:
                 batch = await self._consumer.getmany(timeout_ms=500, max_records=500)
-                pairs = [(m.key, m.value, m.partition, m.offset)
+                pairs = [(m.key, m.value, m.partition, m.offset, m.timestamp)
                          for msgs in batch.values() for m in sorted(msgs, key=lambda m: m.offset)]
                 if pairs:
                     await loop.run_in_executor(self._executor, self.apply, pairs)
