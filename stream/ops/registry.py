@@ -130,6 +130,7 @@ class Registry:
         when the registry already holds those bytes)."""
         if kind not in KINDS:
             raise ConfigError(f"artifact kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        self._check_writable()
         data = pack(folder)
         sha = hashlib.sha256(data).hexdigest()
         key = artifact_key(kind, sha)
@@ -142,10 +143,15 @@ class Registry:
                 self.fs.makedirs(self._url(kind), exist_ok=True)
                 self._write(key, data)
                 self._write(key[:-4] + ".json", orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
-        except (OSError, NotImplementedError) as exc:
-            raise RegistryError(f"cannot publish to the registry {self.url}: {exc}", "write") from exc
+        except Exception as exc:  # noqa: BLE001 - every back-end raises its own: one line says which
+            raise RegistryError(f"cannot publish to the registry {self.url}: {_classify(exc)[1]}", "write") from None
         log.info("registry: published %s %s (%d bytes) as %s", kind, name, len(data), key)
         return Published(key, sha, len(data))
+
+    def _check_writable(self) -> None:
+        if urlsplit(self.url).scheme in ("http", "https"):
+            raise ConfigError(f"the registry {self.url} is read-only over HTTP: publish to the folder or bucket "
+                              "behind it (file:///..., s3://...)")
 
     def _write(self, key: str, data: bytes) -> None:
         tmp = f"{key}.part-{time.time_ns()}"
@@ -154,10 +160,11 @@ class Registry:
         self.fs.mv(self._url(tmp), self._url(key))
 
     def write_pointer(self, key: str, doc: dict) -> None:
+        self._check_writable()
         try:
             self._write(key, orjson.dumps(doc, option=orjson.OPT_INDENT_2))
-        except (OSError, NotImplementedError) as exc:
-            raise RegistryError(f"cannot write {key} to the registry {self.url}: {exc}", "write") from exc
+        except Exception as exc:  # noqa: BLE001 - every back-end raises its own: one line says which
+            raise RegistryError(f"cannot write {key} to the registry {self.url}: {_classify(exc)[1]}", "write") from None
 
     def read_pointer(self, key: str) -> dict | None:
         """A small JSON document of the registry (None when it has none)."""

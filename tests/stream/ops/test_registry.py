@@ -135,3 +135,22 @@ def test_models_records_of_any_shape_are_invalid_not_fatal(caplog):
     assert records == {"v1": good}
     assert [b.offset for b in bad] == [0, 1, 2, 3, 4, 5, 6, 7, 8]
     assert "in the future" in bad[4].reason and "not JSON" in bad[1].reason
+
+
+def test_bad_registry_settings_are_one_line_and_exit_2(index_snapshot, tmp_path, monkeypatch, capsys):
+    from stream.cli import main
+
+    monkeypatch.setenv("SHOPSTREAM_REGISTRY", "nosuch://x/y")
+    with pytest.raises(SystemExit) as exc:
+        main(["models", "--broker", "127.0.0.1:9"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and "unknown protocol 'nosuch'" in err
+
+    monkeypatch.delenv("SHOPSTREAM_REGISTRY")
+    for url, why in (("http://127.0.0.1:9/reg", "read-only over HTTP"),
+                     (f"file://{tmp_path}/a-file/reg", "cannot publish to the registry")):
+        (tmp_path / "a-file").write_text("not a folder")
+        with pytest.raises(SystemExit) as exc:
+            main(["index", "publish", str(index_snapshot), "--registry", url])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and err.count("\n") == 1 and why in err, err
