@@ -95,13 +95,15 @@ def test_models_and_indexes_reach_every_host_verified(settings_factory, worker_f
     ids = [p.id for p in catalog_products]
 
     # -- two hosts join with the published index: one over HTTP, one on file:// ---------------------
-    workers = []
+    workers, t_start = [], time.monotonic()
     for host, url in ((hosts[0], http_url), (hosts[1], file_url)):
         s = base.replace(data_dir=host / "data", registry=url, web_port=_port())
         workers.append((s, worker_factory(s, extra_env={"SHOPSTREAM_REGISTRY": url}, cwd=host / "cwd",
                                           name=host.name, wait=False)))
     for s, proc in workers:
         wait_ready(s.web_port, proc, timeout=180)
+    start_s = time.monotonic() - t_start                # both started at once: start -> both ready
+    for s, proc in workers:
         assert "joining the fleet with the published index" in proc.log_path.read_text()
         assert not (s.data_dir / "index").exists()
     first = purchases(ids)
@@ -140,7 +142,8 @@ def test_models_and_indexes_reach_every_host_verified(settings_factory, worker_f
     with capsys.disabled():                 # the figures of docs/benchmarks.md, "Fleet"
         print(f"\nfleet: announce -> serving the candidate: {seen[0]:.2f}s (HTTP) / {seen[1]:.2f}s (file://); "
               f"candidate fetched {fetched[0] - joined[0]:.0f} / {fetched[1] - joined[1]:.0f} bytes "
-              f"(its model + index tars: {sizes}); at joining {joined[0]:.0f} / {joined[1]:.0f} bytes")
+              f"(its model + index tars: {sizes}); at joining {joined[0]:.0f} / {joined[1]:.0f} bytes; "
+              f"same run, start -> ready of both workers (joining included): {start_s:.1f}s")
 
     # -- malformed records on the models topic, then the promotion: followed, never stopped --------
     marks = logs_at(workers)

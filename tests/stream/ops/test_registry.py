@@ -6,7 +6,6 @@ import functools
 import hashlib
 import http.server
 import io
-import logging
 import tarfile
 import threading
 
@@ -117,7 +116,7 @@ def test_unreachable_registry_is_one_line(tmp_path):
     assert exc.value.reason == "unreachable" and "\n" not in str(exc.value) and "127.0.0.1:9" in str(exc.value)
 
 
-def test_models_records_of_any_shape_are_invalid_not_fatal(caplog):
+def test_models_records_of_any_shape_are_invalid_not_fatal():
     good = ModelRecord(version="v1", state="candidate", artifact="a", share=0.1, decided_at=now_iso())
     rows = [
         (b"v0", orjson.dumps({"version": ["a", "list"], "state": "default", "artifact": ""}), 0, 0),
