@@ -134,6 +134,9 @@ class ModelFollower:
         artifact, index = record.artifact, record.index
         if record.artifact_sha256 or record.index_sha256:
             artifact, index = self.fetch(record)
+        elif self.settings.registry and (artifact or index):
+            raise RegistryError(f"model {record.version} names {artifact or index!r}, not an address in the "
+                                f"registry with its sha256: a host with a registry loads only from it", "address")
         arm = load_arm(self.settings, self.services, name, weight, artifact or "pooling", index)
         loaded = arm.recommender.session_encoder.model_version
         if record.artifact and loaded != record.version:

@@ -8,8 +8,9 @@ new to them (a purchase that follows the view and add-to-cart of the same produc
 full ranking removes the shopper's history, so it could never be ranked; see :mod:`learn.split`),
 warm-starts from the serving session encoder (the ``default`` on the models topic, else the
 configured / shipped one), and evaluates both on those held-out events. Only when the new model's
-NDCG@10 beats the serving one's by ``learn_margin`` is it written to the registry
-(``<registry>/<version>/model`` and the index snapshot in its item space, ``.../index``) and
+NDCG@10 beats the serving one's by ``learn_margin`` is it written to ``<data_dir>/registry``
+(``<version>/model`` and the index snapshot in its item space, ``<version>/index``), published
+content-addressed to ``SHOPSTREAM_REGISTRY`` when one is set (:mod:`stream.ops.fleet`), and
 announced as a ``candidate`` on the models topic; promotion is :mod:`stream.ops.promotion`'s.
 
 The learn state (``<data_dir>/learn``): ``checkpoint.json`` (the end offsets of the last pass, per

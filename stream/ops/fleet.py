@@ -93,6 +93,9 @@ def verify(settings: Settings, record: ModelRecord) -> str | None:
     """Why the record's artifacts would be refused by a worker (None: they fetch and verify). A
     registry that cannot be reached at all raises :class:`RegistryError` (nothing is decided)."""
     if not (record.artifact_sha256 or record.index_sha256):
+        if settings.registry and (record.artifact or record.index):
+            return (f"model {record.version} names {record.artifact or record.index!r}, not an address in the "
+                    "registry with its sha256")
         return None
     registry = registry_of(settings)
     for key, sha in ((record.artifact, record.artifact_sha256), (record.index, record.index_sha256)):

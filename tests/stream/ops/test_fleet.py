@@ -206,6 +206,13 @@ def test_models_and_indexes_reach_every_host_verified(settings_factory, worker_f
 
     http_server.shutdown()                  # host A's registry is unreachable, host B's lacks the artifact
     http_server.server_close()
+    # a record naming a folder on the hosts, not a registry address: refused, withdrawn
+    marks = logs_at(workers)
+    run(announce(base, ModelRecord(version="session-path", state="candidate", artifact=str(model_dir),
+                                   share=0.5, decided_at=now_iso())))
+    wait_logs(procs, marks, r"candidate=session-path.*not an address in the registry")
+    assert [(d.version, d.state) for d in run(decide(base))] == [("session-path", "withdrawn")]
+
     gone = "3" * 64
     marks = logs_at(workers)
     run(announce(base, ModelRecord(version="session-gone", state="candidate", artifact=artifact_key("model", gone),

@@ -153,3 +153,18 @@ def test_bad_registry_settings_are_one_line_and_exit_2(index_snapshot, tmp_path,
             main(["index", "publish", str(index_snapshot), "--registry", url])
         err = capsys.readouterr().err
         assert exc.value.code == 2 and err.count("\n") == 1 and why in err, err
+
+
+@pytest.mark.parametrize("module", ["continuous_training", "promotion", "model_log", "models", "fleet", "registry"])
+def test_learning_and_registry_modules_import_neither_cli_nor_live(module):
+    """stream/ops/ sits below the commands and the live worker: what both need lives in
+    stream/encoders.py (issue 25, item 5)."""
+    import ast
+    from pathlib import Path
+
+    import stream
+
+    tree = ast.parse((Path(stream.__file__).parent / "ops" / f"{module}.py").read_text())
+    names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    assert not [n for n in names if n.startswith(("stream.cli", "stream.live"))], names
