@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 
@@ -50,11 +51,34 @@ def register(cli: click.Group) -> None:
     @cli.command("models")
     @kafka_options
     @click.option("--json", "as_json", is_flag=True, help="The current record of every version, as JSON.")
-    def models_cmd(settings, as_json) -> None:
+    @click.option("--set-default", "set_default", default=None, metavar="VERSION",
+                  help="Roll back (or promote by hand): VERSION becomes the default every host serves, the "
+                       "current default is retired.")
+    @click.option("--reason", default="", help="Why, for --set-default (kept in the records).")
+    def models_cmd(settings, as_json, set_default, reason) -> None:
         """Every session-encoder version on the models topic: state, share, offline and online figures."""
         import orjson
 
         from stream.ops.model_log import read_model_log
+
+        if set_default:
+            from stream.ops.model_log import announce
+            from stream.ops.models import serving
+
+            found = asyncio.run(read_model_log(settings))[0]
+            if set_default not in found:
+                raise click.BadParameter(f"no version {set_default!r} on {settings.models_topic}",
+                                         param_hint="--set-default")
+            current, _ = serving(found)
+            why = reason or "set by an operator"
+            moves = [] if current is None or current.version == set_default else [
+                dataclasses.replace(current.moved_to("retired", f"replaced by {set_default}: {why}", by="operator"),
+                                    share=0.0)]
+            moves.append(dataclasses.replace(found[set_default].moved_to("default", why, by="operator"), share=0.0))
+            asyncio.run(announce(settings, *moves))
+            for r in moves:
+                click.echo(f"{r.version} -> {r.state}: {r.reason}")
+            return
 
         found, invalid = asyncio.run(read_model_log(settings))
         records = sorted(found.values(), key=lambda r: r.decided_at)

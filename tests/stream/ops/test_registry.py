@@ -168,3 +168,24 @@ def test_learning_and_registry_modules_import_neither_cli_nor_live(module):
     names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
     names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
     assert not [n for n in names if n.startswith(("stream.cli", "stream.live"))], names
+
+
+def test_rollback_sets_an_earlier_default_and_retires_the_current(settings_factory, monkeypatch, capsys):
+    from stream.cli import main
+    from stream.ops.model_log import announce, read_models
+    from tests.conftest import run
+
+    settings = settings_factory()
+    old = ModelRecord(version="v-old", state="retired", artifact="", decided_at="2026-01-01T00:00:00Z")
+    new = ModelRecord(version="v-new", state="default", artifact="", decided_at="2026-01-02T00:00:00Z")
+    run(announce(settings, old, new))
+    monkeypatch.setenv("SHOPSTREAM_MODELS_TOPIC", settings.models_topic)
+    monkeypatch.setenv("SHOPSTREAM_PARTITIONS", str(settings.partitions))
+    main(["models", "--broker", settings.broker, "--set-default", "v-old", "--reason", "worse online"])
+    with pytest.raises(SystemExit) as exc:
+        main(["models", "--broker", settings.broker, "--set-default", "v-none"])
+    assert exc.value.code == 2
+    out = capsys.readouterr().out
+    assert "v-new -> retired" in out and "v-old -> default: worse online" in out
+    models = run(read_models(settings))
+    assert (models["v-old"].state, models["v-old"].decided_by, models["v-new"].state) == ("default", "operator", "retired")
