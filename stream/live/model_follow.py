@@ -17,7 +17,9 @@ to it, so no event is lost or recommended with half a model.
 With a registry (``SHOPSTREAM_REGISTRY``) a record names its model and index by content address
 and sha256: they are fetched into this host's cache and verified before anything is loaded; an
 artifact that cannot be fetched or fails the check is refused (logged, counted in
-``shopstream_registry_refused_total``) and the worker keeps what it serves. A record of any other
+``shopstream_registry_refused_total``) and the worker keeps what it serves; when the registry could
+not be reached at all it is tried again, backing off from 5 s to 2 minutes, until it answers or the
+topic says something newer. A record of any other
 shape is logged once with its partition and offset, counted
 (``shopstream_invalid_control_records_total{topic=...}``) and skipped.
 """
@@ -65,6 +67,8 @@ class ModelFollower:
         self._registry = None
         self._invalid_seen: set[tuple[int, int]] = set()   # (partition, offset) logged once
         self.refused: dict[str, str] = {}           # version -> why its artifact was refused
+        self.retry_at: float | None = None          # monotonic time of the next try after an unreachable registry
+        self._retry_s = 5.0
         self._consumer = None
         self._executor: ThreadPoolExecutor | None = None
 
@@ -90,6 +94,7 @@ class ModelFollower:
         want = (default.version if default else None, candidate.version if candidate else None,
                 candidate.share if candidate else 0.0)
         if want == self.serving:
+            self.retry_at = None
             return False
         try:
             arms = self._arms_for(default, candidate)
@@ -99,8 +104,14 @@ class ModelFollower:
             log.error("models topic: cannot serve default=%s candidate=%s, keeping %s: %s", want[0], want[1],
                       [f"{a.name}={a.recommender.session_encoder.model_version}" for a in self.services.variants.arms],
                       exc)
+            if isinstance(exc, RegistryError) and exc.reason == "unreachable":
+                # the registry may come back: tried again (backing off) while nothing newer is said
+                self.retry_at, self._retry_s = time.monotonic() + self._retry_s, min(self._retry_s * 2, 120.0)
+                return False
             self.serving = want                     # not retried until the topic says something new
+            self.retry_at = None
             return False
+        self.retry_at, self._retry_s = None, 5.0
         with self.services.catalog_lock:            # no catalogue update between catch-up and swap
             for arm in arms:
                 self._catch_up(arm)
@@ -202,7 +213,7 @@ class ModelFollower:
                 batch = await self._consumer.getmany(timeout_ms=500, max_records=500)
                 pairs = [(m.key, m.value, m.partition, m.offset, m.timestamp)
                          for msgs in batch.values() for m in sorted(msgs, key=lambda m: m.offset)]
-                if pairs:
+                if pairs or (self.retry_at is not None and time.monotonic() >= self.retry_at):
                     await loop.run_in_executor(self._executor, self.apply, pairs)
         finally:
             consumer, self._consumer = self._consumer, None
