@@ -179,8 +179,9 @@ def test_rollback_sets_an_earlier_default_and_retires_the_current(settings_facto
     old = ModelRecord(version="v-old", state="retired", artifact="", decided_at="2026-01-01T00:00:00Z")
     new = ModelRecord(version="v-new", state="default", artifact="", decided_at="2026-01-02T00:00:00Z")
     run(announce(settings, old, new))
-    monkeypatch.setenv("SHOPSTREAM_MODELS_TOPIC", settings.models_topic)
-    monkeypatch.setenv("SHOPSTREAM_PARTITIONS", str(settings.partitions))
+    for name in ("events_topic", "recommendations_topic", "dead_letter_topic", "catalog_topic", "models_topic",
+                 "app_id", "partitions"):                 # the test's own topics, never the default names
+        monkeypatch.setenv(f"SHOPSTREAM_{name.upper()}", str(getattr(settings, name)))
     main(["models", "--broker", settings.broker, "--set-default", "v-old", "--reason", "worse online"])
     with pytest.raises(SystemExit) as exc:
         main(["models", "--broker", settings.broker, "--set-default", "v-none"])
