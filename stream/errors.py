@@ -37,3 +37,13 @@ class StateStoreError(ShopstreamError):
         super().__init__(f"{store} store, partition {partition}: {type(cause).__name__}: {cause}")
         self.store = store
         self.partition = partition
+class RegistryError(ShopstreamError):
+    """An artifact registry that cannot be reached, or an artifact that cannot be fetched or fails
+    its sha256 check (refused: nothing of it is loaded). ``reason``: a short code
+    (``unreachable``, ``address``, ``sha256``, ``archive``, ``write``)."""
+
+    retriable = True
+
+    def __init__(self, message: str, reason: str = "unreachable") -> None:
+        super().__init__(message)
+        self.reason = reason

@@ -97,6 +97,9 @@ class Settings:
     feedback_horizon_events: int = 20        # a recommendation can earn a hit within this many later events
     feedback_horizon_s: float = 1800.0       # ... and this much event time
     follow_models: bool = True               # without variants: serve the models topic's default and candidate
+    # -- the fleet: models and index snapshots shared through a registry (stream.ops.registry) ------
+    registry: str = ""                       # file:///folder | http(s)://host/path | s3://bucket/path; "" = none
+    registry_cache_dir: Path | None = None   # this host's verified copies; default <data_dir>/registry-cache
     # -- continuous training (`shopstream learn`, stream.ops.continuous_training) -------------------
     learn_window_events: int = 200_000       # train on at most the newest this many events of the events topic
     learn_window_s: float = 0.0              # and (when > 0) only those produced in the last this many seconds
@@ -180,6 +183,10 @@ class Settings:
             bad(f"log_format must be text or json, got {self.log_format!r}")
         if self.feedback_horizon_events < 1 or self.feedback_horizon_s <= 0:
             bad("feedback_horizon_events must be at least 1 and feedback_horizon_s positive")
+        if self.registry:
+            from stream.ops.registry import parse_registry_url
+
+            parse_registry_url(self.registry)          # ConfigError naming what is wrong
         if self.variants:
             from stream.core.variants import parse_variants
 
@@ -220,6 +227,10 @@ class Settings:
     def cpu_engine_dir(self) -> Path:
         """Where the local ONNX Runtime text-encoder engine is built (``shopstream demo``, benchmarks)."""
         return Path(self.data_dir) / "engines" / "onnxruntime-fp32"
+
+    @property
+    def resolved_registry_cache(self) -> Path:
+        return Path(self.registry_cache_dir) if self.registry_cache_dir else Path(self.data_dir) / "registry-cache"
 
     @property
     def resolved_index_path(self) -> Path:

@@ -99,7 +99,8 @@ def worker_factory(tmp_path):
 
     procs = []
 
-    def start(settings, *, wait: bool = True, extra_env: dict | None = None, name: str | None = None):
+    def start(settings, *, wait: bool = True, extra_env: dict | None = None, name: str | None = None,
+              cwd: Path | None = None):
         env = {"SHOPSTREAM_EVENTS_TOPIC": settings.events_topic,
                "SHOPSTREAM_RECOMMENDATIONS_TOPIC": settings.recommendations_topic,
                "SHOPSTREAM_DEAD_LETTER_TOPIC": settings.dead_letter_topic,
@@ -110,7 +111,7 @@ def worker_factory(tmp_path):
                "SHOPSTREAM_BATCH_SIZE": str(settings.batch_size),
                **(extra_env or {})}
         log = tmp_path / f"{name or 'worker'}-{len(procs)}.log"
-        proc = start_worker_process(settings, log, extra_env=env)
+        proc = start_worker_process(settings, log, extra_env=env, cwd=cwd)
         proc.log_path = log
         procs.append(proc)
         if wait:

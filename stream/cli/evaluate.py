@@ -11,6 +11,7 @@ from typing import Any, Callable
 import click
 
 from stream.cli.options import path_option
+from stream.encoders import text_vectors_for  # noqa: F401 - where it lived before stream.encoders
 
 log = logging.getLogger(__name__)
 
@@ -48,19 +49,6 @@ def load_data(dataset: str | None, items: Path | None, sequences: Path | None, e
     if items and sequences:
         return d.load_generic(items, sequences)
     raise click.UsageError("give --dataset, or --items with --sequences (or with --events)")
-
-
-def text_vectors_for(data, settings, *, progress: bool = True):
-    """Title (and query) vectors with the configured text encoder, cached under ``<data_dir>/cache``."""
-    from learn.embed import text_vectors
-    from stream.live.services import load_text_encoder
-
-    encoder = load_text_encoder(settings)
-    try:
-        return text_vectors(data.texts, encoder, cache_dir=Path(settings.data_dir) / "cache" / "text-vectors",
-                            progress=progress), encoder.model_version
-    finally:
-        encoder.close()
 
 
 def register(cli: click.Group) -> None:

@@ -42,6 +42,25 @@ def register(cli: click.Group) -> None:
         click.echo(f"index {m['version']}: {m['count']} products, {m['kind']}, dim {m['dim']}, model {m['model_version']} "
                    f"-> {path} ({time.perf_counter() - t0:.1f}s)")
 
+    @index_group.command("publish")
+    @click.argument("snapshot", type=click.Path(path_type=Path, exists=True, file_okay=False), required=False)
+    @click.option("--registry", default=None, help="Registry URL (default SHOPSTREAM_REGISTRY).")
+    @click.option("--not-current", is_flag=True, help="Upload only; new hosts keep starting from the current one.")
+    def publish(snapshot: Path | None, registry: str | None, not_current: bool) -> None:
+        """Upload an index snapshot (default: var/index/current) to the registry, content-addressed,
+        and name it the one new hosts start from until a model on the models topic names its own."""
+        from stream.ops.fleet import publish_index
+        from stream.settings import Settings
+
+        settings = Settings.from_env(registry=registry)
+        path = snapshot or settings.resolved_index_path
+        if not (path / "manifest.json").is_file():
+            raise click.UsageError(f"no index snapshot at {path}: build one with `shopstream index build`")
+        t0 = time.perf_counter()
+        out = publish_index(settings, path, current=not not_current)
+        click.echo(f"published {path} as {out.key} ({out.size} bytes, sha256 {out.sha256[:12]}...) to "
+                   f"{settings.registry}{'' if not_current else ', current'} ({time.perf_counter() - t0:.1f}s)")
+
     @index_group.command("info")
     @click.argument("path", type=click.Path(path_type=Path))
     def info(path: Path) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 
@@ -18,7 +19,9 @@ def register(cli: click.Group) -> None:
     @click.option("--once", is_flag=True, help="One pass (learn, then decide), then exit: for a scheduler.")
     @click.option("--interval", type=click.FloatRange(min=1.0), default=3600.0, show_default=True,
                   help="Seconds between passes of the long-running loop.")
-    @path_option("--registry", default=None, help="Folder of versioned models and indexes (default <data_dir>/registry).")
+    @click.option("--registry", default=None,
+                  help="Registry URL the candidate is published to (file:///folder, s3://bucket/path; default "
+                       "SHOPSTREAM_REGISTRY; none: <data_dir>/registry, read by workers on this host only).")
     @path_option("--catalog", default=None, help="Product catalogue (default: the shipped Online Retail one).")
     @click.option("--alpha", type=float, default=0.05, show_default=True, help="Significance of a promotion decision.")
     @click.option("--min-served", type=click.IntRange(min=1), default=1000, show_default=True,
@@ -35,8 +38,10 @@ def register(cli: click.Group) -> None:
         from stream.ops.continuous_training import learn_once
         from stream.ops.promotion import decide
 
+        if registry:
+            settings = settings.replace(registry=registry)      # a malformed URL: one line, exit 2
         while True:
-            summary = asyncio.run(learn_once(settings, registry=registry, catalog=catalog, threads=threads))
+            summary = asyncio.run(learn_once(settings, catalog=catalog, threads=threads))
             decisions = asyncio.run(decide(settings, alpha=alpha, min_served=min_served))
             _echo_pass(summary, decisions, as_json)
             if once:
@@ -46,23 +51,49 @@ def register(cli: click.Group) -> None:
     @cli.command("models")
     @kafka_options
     @click.option("--json", "as_json", is_flag=True, help="The current record of every version, as JSON.")
-    def models_cmd(settings, as_json) -> None:
+    @click.option("--set-default", "set_default", default=None, metavar="VERSION",
+                  help="Roll back (or promote by hand): VERSION becomes the default every host serves, the "
+                       "current default is retired.")
+    @click.option("--reason", default="", help="Why, for --set-default (kept in the records).")
+    def models_cmd(settings, as_json, set_default, reason) -> None:
         """Every session-encoder version on the models topic: state, share, offline and online figures."""
         import orjson
 
-        from stream.ops.model_log import read_models
+        from stream.ops.model_log import read_model_log
 
-        records = sorted(asyncio.run(read_models(settings)).values(), key=lambda r: r.decided_at)
+        if set_default:
+            from stream.ops.model_log import announce
+            from stream.ops.models import serving
+
+            found = asyncio.run(read_model_log(settings))[0]
+            if set_default not in found:
+                raise click.BadParameter(f"no version {set_default!r} on {settings.models_topic}",
+                                         param_hint="--set-default")
+            current, _ = serving(found)
+            why = reason or "set by an operator"
+            moves = [] if current is None or current.version == set_default else [
+                dataclasses.replace(current.moved_to("retired", f"replaced by {set_default}: {why}", by="operator"),
+                                    share=0.0)]
+            moves.append(dataclasses.replace(found[set_default].moved_to("default", why, by="operator"), share=0.0))
+            asyncio.run(announce(settings, *moves))
+            for r in moves:
+                click.echo(f"{r.version} -> {r.state}: {r.reason}")
+            return
+
+        found, invalid = asyncio.run(read_model_log(settings))
+        records = sorted(found.values(), key=lambda r: r.decided_at)
         if as_json:
             click.echo(orjson.dumps([r.__dict__ for r in records], option=orjson.OPT_INDENT_2).decode())
             return
         if not records:
             click.echo(f"no models on {settings.models_topic}: workers serve the configured session encoder")
-            return
-        click.echo(f"{'version':<26} {'state':<10} {'share':>5} {'NDCG@10':>8} {'serving':>8} "
-                   f"{'online hit rate (cand / control)':>34} {'p':>7}  decided_at            reason")
-        for r in records:
-            click.echo(_row(r))
+        else:
+            click.echo(f"{'version':<26} {'state':<10} {'share':>5} {'NDCG@10':>8} {'serving':>8} "
+                       f"{'online hit rate (cand / control)':>34} {'p':>7}  decided_at            reason")
+            for r in records:
+                click.echo(_row(r))
+        for b in invalid:
+            click.echo(f"{b.key[:26]:<26} {'invalid':<10} partition {b.partition} offset {b.offset}: {b.reason}")
 
 
 def _row(r) -> str:

@@ -46,8 +46,14 @@ class Metrics:
 
     def watch_send_wait(self, source: Callable[[], float]) -> None:
         """Register where the seconds the worker's sends have waited for Kafka are read from."""
+
     def on_control_record_skipped(self, kind: str, reason: str) -> None:
         """A control record (``kind``: catalog, forget, models) that is not valid was logged and skipped."""
+    def on_artifact_fetched(self, size: int) -> None:
+        """Bytes of a registry artifact downloaded into this host's cache."""
+
+    def on_artifact_refused(self, reason: str) -> None:
+        """A registry artifact could not be fetched or failed its sha256 check, and was not loaded."""
 
     def watch_lag(self, source: Callable[[], Mapping[tuple[str, int], int]]) -> None:
         """Register where consumer lag per (topic, partition) is read from when scraped."""

@@ -13,20 +13,30 @@ index is missing or made for another space is refused and logged, and the worker
 serves. The new set of variants replaces the old one atomically between two batches
 (:meth:`VariantRecommender.set_arms`), after the catalogue updates the new index lacks are applied
 to it, so no event is lost or recommended with half a model.
+
+With a registry (``SHOPSTREAM_REGISTRY``) a record names its model and index by content address
+and sha256: they are fetched into this host's cache and verified before anything is loaded; an
+artifact that cannot be fetched or fails the check is refused (logged, counted in
+``shopstream_registry_refused_total``) and the worker keeps what it serves; when the registry could
+not be reached at all it is tried again, backing off from 5 s to 2 minutes, until it answers or the
+topic says something newer. A record of any other
+shape is logged once with its partition and offset, counted
+(``shopstream_control_records_skipped_total{kind="models"}``) and skipped.
 """
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from stream.core.variants import Arm
-from stream.errors import ConfigError
+from stream.errors import ConfigError, RegistryError
 from stream.live import heap
 from stream.live.services import Services, load_arm
-from stream.ops.models import ModelRecord, latest, serving
+from stream.ops.models import ModelRecord, read_log, serving
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -52,30 +62,56 @@ class ModelFollower:
         self.swaps = 0
         self._base = services.variants.arms[0] if services.variants else None    # the worker's own model
         self._loaded: dict[str, Arm] = {}           # version -> arm, reused while served
+        if self._base is not None:                  # a host that joined with the default is serving it
+            self._loaded[self._base.recommender.session_encoder.model_version] = self._base
+        self._registry = None
+        self._invalid_seen: set[tuple[int, int]] = set()   # (partition, offset) logged once
+        self.refused: dict[str, str] = {}           # version -> why its artifact was refused
+        self.retry_at: float | None = None          # monotonic time of the next try after an unreachable registry
+        self._retry_s = 5.0
         self._consumer = None
         self._executor: ThreadPoolExecutor | None = None
 
     # -- deciding and swapping (pure of Kafka; tests call these) --------------------------------
-    def apply(self, pairs: list[tuple[bytes | None, bytes | None]]) -> bool:
-        """Take (key, value) records of the topic in order; swap the variants if what is to be
-        served changed. True when a swap happened."""
-        for key, value in pairs:
-            self.records.update(latest([(key, value)]))
-            if key is not None and value is None:
-                self.records.pop(key.decode(), None)
+    def apply(self, pairs: list[tuple]) -> bool:
+        """Take (key, value) or (key, value, partition, offset[, timestamp ms]) records of the topic
+        in order; swap the variants if what is to be served changed. True when a swap happened."""
+        written_ms = max((row[4] for row in pairs if len(row) >= 5 and row[4]), default=None)
+        for row in pairs:
+            found, bad = read_log([row])
+            for b in bad:
+                where = (b.partition, b.offset) if len(row) >= 4 else None
+                if where is None or where not in self._invalid_seen:
+                    if where is not None:
+                        self._invalid_seen.add(where)
+                    log.warning("models topic: skipped an invalid record on %s partition %d offset %d (key %r): %s",
+                                self.settings.models_topic, b.partition, b.offset, b.key, b.reason)
+                    self.services.metrics.on_control_record_skipped("models", "invalid")
+            self.records.update(found)
+            if not bad and row[0] is not None and row[1] is None:
+                self.records.pop(row[0].decode("utf-8", "replace"), None)
         default, candidate = desired(self.records)
         want = (default.version if default else None, candidate.version if candidate else None,
                 candidate.share if candidate else 0.0)
         if want == self.serving:
+            self.retry_at = None
             return False
         try:
             arms = self._arms_for(default, candidate)
-        except ConfigError as exc:
+        except Exception as exc:  # noqa: BLE001 - a model that cannot be served never stops the stream
+            if isinstance(exc, RegistryError):
+                self.services.metrics.on_artifact_refused(exc.reason)
             log.error("models topic: cannot serve default=%s candidate=%s, keeping %s: %s", want[0], want[1],
                       [f"{a.name}={a.recommender.session_encoder.model_version}" for a in self.services.variants.arms],
                       exc)
+            if isinstance(exc, RegistryError) and exc.reason == "unreachable":
+                # the registry may come back: tried again (backing off) while nothing newer is said
+                self.retry_at, self._retry_s = time.monotonic() + self._retry_s, min(self._retry_s * 2, 120.0)
+                return False
             self.serving = want                     # not retried until the topic says something new
+            self.retry_at = None
             return False
+        self.retry_at, self._retry_s = None, 5.0
         with self.services.catalog_lock:            # no catalogue update between catch-up and swap
             for arm in arms:
                 self._catch_up(arm)
@@ -83,8 +119,9 @@ class ModelFollower:
         self._loaded = {a.recommender.session_encoder.model_version: a for a in arms}
         self.serving = want
         self.swaps += 1
-        log.info("models topic: now serving %s", ", ".join(
-            f"{a.name}={a.recommender.session_encoder.model_version} ({a.weight:.0%})" for a in arms))
+        after = "" if written_ms is None else f", {time.time() - written_ms / 1000:.2f}s after the record was written"
+        log.info("models topic: now serving %s%s", ", ".join(
+            f"{a.name}={a.recommender.session_encoder.model_version} ({a.weight:.0%})" for a in arms), after)
         heap.refreeze("a model swap")             # the models let go may sit in reference cycles
         return True
 
@@ -105,12 +142,36 @@ class ModelFollower:
         if have is not None:
             return dataclasses.replace(have, name=name, weight=weight,
                                        recommender=dataclasses.replace(have.recommender, variant=name))
-        arm = load_arm(self.settings, self.services, name, weight, record.artifact or "pooling", record.index)
+        artifact, index = record.artifact, record.index
+        if record.artifact_sha256 or record.index_sha256:
+            artifact, index = self.fetch(record)
+        elif self.settings.registry and (artifact or index):
+            raise RegistryError(f"model {record.version} names {artifact or index!r}, not an address in the "
+                                f"registry with its sha256: a host with a registry loads only from it", "address")
+        arm = load_arm(self.settings, self.services, name, weight, artifact or "pooling", index)
         loaded = arm.recommender.session_encoder.model_version
         if record.artifact and loaded != record.version:
             raise ConfigError(f"the artifact at {record.artifact} is {loaded}, the record says {record.version}")
         arm.recommender.popularity = self.services.recommender.popularity
         return arm
+
+    def fetch(self, record: ModelRecord) -> tuple[str, str]:
+        """The record's model and index folders in this host's cache, fetched and verified."""
+        from stream.ops.registry import Registry
+
+        if not self.settings.registry:
+            raise RegistryError(f"model {record.version} is in a registry and SHOPSTREAM_REGISTRY is not set",
+                                "config")
+        if self._registry is None:
+            self._registry = Registry(self.settings.registry, self.settings.resolved_registry_cache,
+                                      metrics=self.services.metrics)
+        try:
+            artifact = str(self._registry.fetch(record.artifact, record.artifact_sha256)) if record.artifact else ""
+            index = str(self._registry.fetch(record.index, record.index_sha256)) if record.index else ""
+        except RegistryError as exc:
+            self.refused[record.version] = str(exc)
+            raise
+        return artifact, index
 
     def _catch_up(self, arm: Arm) -> None:
         holder = arm.recommender.index
@@ -150,8 +211,9 @@ class ModelFollower:
             log.info("following the models topic %s", s.models_topic)
             while True:
                 batch = await self._consumer.getmany(timeout_ms=500, max_records=500)
-                pairs = [(m.key, m.value) for msgs in batch.values() for m in sorted(msgs, key=lambda m: m.offset)]
-                if pairs:
+                pairs = [(m.key, m.value, m.partition, m.offset, m.timestamp)
+                         for msgs in batch.values() for m in sorted(msgs, key=lambda m: m.offset)]
+                if pairs or (self.retry_at is not None and time.monotonic() >= self.retry_at):
                     await loop.run_in_executor(self._executor, self.apply, pairs)
         finally:
             consumer, self._consumer = self._consumer, None

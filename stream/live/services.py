@@ -11,7 +11,6 @@ from engines import (
     PoolingSessionEncoder,
     QueryEmbeddingCache,
     TextEncoder,
-    create_text_encoder,
 )
 from index import ItemIndex, SnapshotError, load_snapshot
 from stream.core.metrics import Metrics
@@ -19,28 +18,11 @@ from stream.core.recommender import IndexHolder, Recommender
 from stream.core.schema import EventValidator
 from stream.core.session_state import SessionLimits
 from stream.core.variants import DEFAULT_VARIANT, Arm, VariantRecommender
+from stream.encoders import SHIPPED_SESSION_ENCODER, load_text_encoder, session_encoder_path
 from stream.errors import ConfigError
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
-
-#: The session encoder that ships in the package: trained on UCI Online Retail (CC BY 4.0, see
-#: ``stream/data/NOTICE.md``), ONNX fp32 user and item towers plus the PyTorch weights.
-SHIPPED_SESSION_ENCODER = Path(__file__).resolve().parents[1] / "data" / "session_encoder"
-
-
-def session_encoder_path(settings: Settings) -> Path | None:
-    """The artifact ``settings.session_encoder`` names: ``default`` is the shipped one,
-    ``pooling`` none (the weighted average of product vectors), anything else a folder."""
-    choice = str(settings.session_encoder).strip()
-    if choice == "pooling":
-        return None
-    path = SHIPPED_SESSION_ENCODER if choice == "default" else Path(choice)
-    if not (path / "manifest.json").is_file():
-        raise ConfigError(f"session_encoder {choice!r}: no session encoder artifact at {path} "
-                          "(give 'default', 'pooling' or a folder written by `shopstream train`)")
-    return path
-
 
 class ProductEncoder:
     """Product text -> the vector the index holds for it.
@@ -92,24 +74,6 @@ def session_limits(settings: Settings) -> SessionLimits:
                          recently_viewed_excluded=settings.recently_viewed_excluded)
 
 
-def load_text_encoder(settings: Settings) -> TextEncoder:
-    options = {}
-    if settings.model_dir:
-        options["model_dir"] = settings.model_dir
-    artifact = settings.encoder_artifact
-    if artifact is None and settings.encoder_backend == "auto":
-        # an engine built earlier into the data folder (`shopstream engine build`, the demo) is used
-        built = settings.cpu_engine_dir
-        if (built / "manifest.json").exists():
-            artifact = built
-            log.info("using the engine artifact built in %s", built)
-    if artifact:
-        options["artifact"] = artifact
-    if settings.model_threads:
-        options["threads"] = settings.model_threads
-    return create_text_encoder(settings.encoder_backend, **options).load()
-
-
 def load_product_encoder(settings: Settings, text: TextEncoder | None = None) -> ProductEncoder:
     text = text or load_text_encoder(settings)
     session = load_session_encoder(settings, text.dim) if session_encoder_path(settings) else None
@@ -144,9 +108,6 @@ def load_session_encoder(settings: Settings, dim: int):
     if encoder.dim != dim:
         raise ConfigError(f"session encoder {path} makes {encoder.dim}-d vectors; the text encoder makes {dim}-d")
     return encoder
-
-
-SHIPPED_SESSION_ENCODER = Path(__file__).resolve().parents[1] / "data" / "session_encoder"
 
 
 def load_session_model(model: str, dim: int):

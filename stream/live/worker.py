@@ -17,6 +17,7 @@ def run_worker(settings: Settings) -> None:
     from stream.live.faust_compat import install_highwater_check
     from stream.live.services import load_services
     from stream.live.session_store import check_state_dir
+    from stream.ops.fleet import join
     from stream.ops.logs import worker_logging_config
     from stream.ops.prometheus import create_metrics
     from stream.ops.topics import changelog_topic, ensure_topics
@@ -24,7 +25,9 @@ def run_worker(settings: Settings) -> None:
     asyncio.run(ensure_topics(settings))
     asyncio.run(check_state_dir(settings, changelog_topic(settings)))   # local state that fits the changelog
     install_highwater_check(settings)         # tables recover to the true end of their changelog
-    services = load_services(settings, metrics=create_metrics())
+    metrics = create_metrics()
+    settings = asyncio.run(join(settings, metrics))     # a new host: default model and index from the registry
+    services = load_services(settings, metrics=metrics)
     app = create_app(settings, services)
     log.info("start-up heap frozen: %d object(s) out of the collector's way", heap.freeze())
     worker = Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False,

@@ -8,8 +8,9 @@ new to them (a purchase that follows the view and add-to-cart of the same produc
 full ranking removes the shopper's history, so it could never be ranked; see :mod:`learn.split`),
 warm-starts from the serving session encoder (the ``default`` on the models topic, else the
 configured / shipped one), and evaluates both on those held-out events. Only when the new model's
-NDCG@10 beats the serving one's by ``learn_margin`` is it written to the registry
-(``<registry>/<version>/model`` and the index snapshot in its item space, ``.../index``) and
+NDCG@10 beats the serving one's by ``learn_margin`` is it written to ``<data_dir>/registry``
+(``<version>/model`` and the index snapshot in its item space, ``<version>/index``), published
+content-addressed to ``SHOPSTREAM_REGISTRY`` when one is set (:mod:`stream.ops.fleet`), and
 announced as a ``candidate`` on the models topic; promotion is :mod:`stream.ops.promotion`'s.
 
 The learn state (``<data_dir>/learn``): ``checkpoint.json`` (the end offsets of the last pass, per
@@ -170,10 +171,13 @@ def registry_path(settings: Settings, registry: Path | None) -> Path:
 
 
 def serving_artifact(settings: Settings, default) -> Path | None:
-    """What serves now: the models topic's default, else the configured (or shipped) encoder."""
-    if default is not None:
-        return Path(default.artifact)
-    from stream.live.services import session_encoder_path
+    """What serves now: the models topic's default (fetched and verified when it is in the
+    registry), else the configured (or shipped) encoder."""
+    if default is not None and default.artifact:
+        from stream.ops.fleet import local_artifact
+
+        return local_artifact(settings, default)
+    from stream.encoders import session_encoder_path
 
     return session_encoder_path(settings)
 
@@ -218,8 +222,14 @@ async def learn_once(settings: Settings, *, registry: Path | None = None, catalo
     state.offsets = dict(w.ends)
     state.save()
     if summary.get("artifact"):
-        record = ModelRecord(version=summary["version"], state="candidate", artifact=summary["artifact"],
-                             index=summary["index"], share=settings.candidate_share, offline=summary["offline"],
+        where = {"artifact": summary["artifact"], "index": summary["index"]}
+        if settings.registry:       # every host fetches it by content address and checks its sha256
+            from stream.ops.fleet import publish_model
+
+            where = publish_model(settings, Path(summary["artifact"]), Path(summary["index"]), summary["version"])
+            summary.update(where)
+        record = ModelRecord(version=summary["version"], state="candidate", **where,
+                             share=settings.candidate_share, offline=summary["offline"],
                              reason=summary["reason"], decided_at=now_iso())
         await announce(settings, record)
         summary["announced"] = record.version
@@ -252,7 +262,7 @@ def _train_and_compare(settings: Settings, events: list[dict], default, registry
     from learn.evaluate import Pooling, TrainedEncoder, evaluate
     from learn.split import leave_one_out
     from learn.train import TrainConfig, config_dict, train
-    from stream.cli.evaluate import text_vectors_for
+    from stream.encoders import text_vectors_for
 
     torch.set_num_threads(threads)
     products = _catalog(catalog)
@@ -361,7 +371,7 @@ def _build_index(settings: Settings, artifact: Path, out: Path, products, data, 
     def encode(texts):
         rows = [by_text.get(t) for t in texts]
         if any(r is None for r in rows):
-            from stream.live.services import load_text_encoder
+            from stream.encoders import load_text_encoder
 
             text = load_text_encoder(settings)
             try:

@@ -4,26 +4,37 @@ from __future__ import annotations
 import logging
 
 from stream.errors import BrokerError
-from stream.ops.models import ModelRecord, latest
+from stream.ops.models import InvalidRecord, ModelRecord, read_log
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-async def read_records(settings: Settings, *, timeout_s: float = 10.0) -> list[tuple[bytes | None, bytes | None]]:
-    """Every (key, value) of the models topic from its start to its current end, in order."""
-    return [(k, v) for k, v, _ in await read_topic_to_end(settings, settings.models_topic, timeout_s=timeout_s)]
+async def read_records(settings: Settings, *, timeout_s: float = 10.0) -> list[tuple]:
+    """Every (key, value, partition, offset) of the models topic from its start to its current end, in order."""
+    return await read_topic_to_end(settings, settings.models_topic, timeout_s=timeout_s, positions=True)
+
+
+async def read_model_log(settings: Settings) -> tuple[dict[str, ModelRecord], list[InvalidRecord]]:
+    """The current record of every version on the models topic, and the invalid records (each
+    logged once here with its partition and offset)."""
+    records, bad = read_log(await read_records(settings))
+    for b in bad:
+        log.warning("skipped an invalid record on %s partition %d offset %d (key %r): %s",
+                    settings.models_topic, b.partition, b.offset, b.key, b.reason)
+    return records, bad
 
 
 async def read_models(settings: Settings) -> dict[str, ModelRecord]:
-    """The current record of every version on the models topic."""
-    return latest(await read_records(settings))
+    """The current record of every version on the models topic (invalid records skipped)."""
+    return (await read_model_log(settings))[0]
 
 
 async def read_topic_to_end(settings: Settings, topic: str, *, since_ms: int | None = None,
-                            timeout_s: float = 10.0) -> list[tuple[bytes | None, bytes | None, int]]:
+                            timeout_s: float = 10.0, positions: bool = False) -> list[tuple]:
     """(key, value, timestamp ms) of every message of ``topic`` up to its end offsets now, all
-    partitions; from the first message at or after ``since_ms`` (message time) when given."""
+    partitions; from the first message at or after ``since_ms`` (message time) when given.
+    ``positions``: (key, value, partition, offset) instead."""
     from aiokafka import AIOKafkaConsumer
     from aiokafka.errors import KafkaError
 
@@ -32,7 +43,7 @@ async def read_topic_to_end(settings: Settings, topic: str, *, since_ms: int | N
     await ensure_topics(settings)
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
                                 group_id=None, auto_offset_reset="earliest", **settings.kafka_client_options())
-    out: list[tuple[bytes | None, bytes | None, int]] = []
+    out: list[tuple] = []
     try:
         await consumer.start()
         parts = await partitions_of(consumer, topic)
@@ -45,7 +56,8 @@ async def read_topic_to_end(settings: Settings, topic: str, *, since_ms: int | N
         for tp in parts:
             consumer.seek(tp, start[tp])
         await drain(consumer, {tp: e for tp, e in end.items() if e > start[tp]},
-                    lambda tp, m: out.append((m.key, m.value, m.timestamp)), timeout_s=timeout_s)
+                    lambda tp, m: out.append((m.key, m.value, tp.partition, m.offset) if positions
+                                             else (m.key, m.value, m.timestamp)), timeout_s=timeout_s)
     except KafkaError as exc:
         raise BrokerError(f"cannot read {topic} on {settings.broker}: {exc}") from exc
     finally:

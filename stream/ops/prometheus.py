@@ -82,6 +82,11 @@ class PrometheusMetrics(Metrics):
                                           "Control records (catalogue updates, forget requests, model decisions) "
                                           "that were not valid: logged with their topic, partition and offset, "
                                           "and skipped; by kind and reason.", ["kind", "reason"], registry=r)
+        self.artifact_bytes = pc.Counter("shopstream_registry_fetched_bytes",
+                                         "Bytes of model and index artifacts fetched from the registry.", registry=r)
+        self.artifact_refused = pc.Counter("shopstream_registry_refused",
+                                           "Registry artifacts refused (not fetched, or failing the sha256 check).",
+                                           ["reason"], registry=r)
         self._lag_source: LagSource | None = None
         r.register(_LagCollector(self))
 
@@ -135,8 +140,14 @@ class PrometheusMetrics(Metrics):
 
     def watch_send_wait(self, source: Callable[[], float]) -> None:
         self.send_wait.set_function(source)
+
     def on_control_record_skipped(self, kind: str, reason: str) -> None:
         self.control_skipped.labels(kind, reason).inc()
+    def on_artifact_fetched(self, size: int) -> None:
+        self.artifact_bytes.inc(size)
+
+    def on_artifact_refused(self, reason: str) -> None:
+        self.artifact_refused.labels(reason).inc()
 
     def watch_lag(self, source: LagSource) -> None:
         self._lag_source = source

@@ -6,7 +6,9 @@ Kafka: a recommendation on the recommendations topic produced after the candidat
 is a trial for the version that made it (``session_model_version``: the candidate's, or anything
 else for the control); a feedback record naming one of those recommendations
 (``recommendation_id``) makes it a hit, at most once. Every decision is logged with its numbers and
-written to the models topic with the comparison in ``online``.
+written to the models topic with the comparison in ``online``. A candidate whose artifacts in the
+registry cannot be fetched or fail their sha256 check (what every worker checks before loading
+it) is withdrawn with that reason before any comparison, so the learning loop goes on.
 """
 from __future__ import annotations
 
@@ -81,6 +83,14 @@ async def decide(settings: Settings, *, alpha: float = 0.05, min_served: int = 1
     default, candidate = serving(await read_models(settings))
     if candidate is None:
         return []
+    from stream.ops.fleet import verify
+
+    refused = verify(settings, candidate)      # what every worker checks before it loads a model
+    if refused is not None:
+        record = _unshared(candidate.moved_to("withdrawn", f"refused: {refused}"))
+        log.error("promotion: candidate %s withdrawn: %s", candidate.version, refused)
+        await announce(settings, record)
+        return [record]
     since = _ms(candidate.decided_at)
 
     def values(rows):

@@ -23,8 +23,8 @@ log = logging.getLogger(__name__)
 
 
 def start_worker_process(settings: Settings, log_path: Path, extra_env: dict | None = None,
-                         args: list[str] | None = None) -> subprocess.Popen:
-    """``shopstream worker`` as a child process in its own process group."""
+                         args: list[str] | None = None, cwd: Path | None = None) -> subprocess.Popen:
+    """``shopstream worker`` as a child process in its own process group (in ``cwd`` when given)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, SHOPSTREAM_BROKER=settings.broker, SHOPSTREAM_APP_ID=settings.app_id,
                SHOPSTREAM_PARTITIONS=str(settings.partitions), SHOPSTREAM_PARTITIONER=settings.partitioner,
@@ -40,7 +40,7 @@ def start_worker_process(settings: Settings, log_path: Path, extra_env: dict | N
     try:
         return subprocess.Popen([sys.executable, "-m", "stream", "worker", *(args or [])], stdout=fh,
                                 stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                preexec_fn=die_with_parent)
+                                preexec_fn=die_with_parent, cwd=cwd)
     finally:
         fh.close()
 

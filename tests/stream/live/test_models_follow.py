@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from stream.core.online_stats import HitRate, compare
-from stream.ops.models import ModelRecord, now_iso
+from stream.ops.models import ModelRecord
 from tests.conftest import run
 from tests.kafka_io import event, keyed, produce_raw, read_topic, recs_of
 
@@ -43,8 +43,16 @@ def tower(tmp_path_factory, text_encoder, catalog_products):
 
 def record(version, state, art="", index="", share=0.0, reason="") -> tuple[bytes, bytes]:
     rec = ModelRecord(version=version, state=state, artifact=str(art), index=str(index), share=share,
-                      reason=reason, decided_at=now_iso() + f".{time.monotonic_ns()}")
+                      reason=reason, decided_at=_now_us())
     return version.encode(), rec.to_bytes()
+
+
+def _now_us() -> str:
+    """decided_at with microseconds: records written in one test follow each other in order."""
+    from datetime import datetime, timezone
+
+    time.sleep(0.001)
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def served_models(services):
@@ -131,3 +139,44 @@ def test_announced_model_hot_swapped_with_its_index_while_events_stream(settings
     hit = next(h for h in (orjson.loads(x.value) for x in hits) if h["event_id"] == "e10000")
     assert (hit["recommendation_id"], hit["variant"], hit["session_model_version"], hit["rank"]) == (
         last["recommendation_id"], last["variant"], last["session_model_version"], 1)
+
+
+def test_a_registry_that_cannot_be_reached_is_tried_again_until_it_answers(index_snapshot, tower, tmp_path):
+    """An unreachable registry is no verdict on the model: the worker keeps serving what it has,
+    and tries again (the follower's loop does so on ``retry_at``) until the artifacts arrive."""
+    import functools
+    import http.server
+    import threading
+
+    from stream.live.model_follow import ModelFollower
+    from stream.live.services import load_services
+    from stream.ops.registry import Registry
+    from stream.settings import Settings
+    from stream.tools.broker import free_port
+
+    art, index, version = tower
+    folder = tmp_path / "registry"
+    publisher = Registry(f"file://{folder}", tmp_path / "publisher-cache")
+    m, i = publisher.publish(art, "model", version), publisher.publish(index, "index", version)
+    port = free_port()
+    settings = Settings(index_path=index_snapshot, encoder_backend="torch", data_dir=tmp_path, session_encoder="pooling",
+                        registry=f"http://127.0.0.1:{port}/")
+    services = load_services(settings)
+    base = services.recommender.session_encoder.model_version
+    follower = ModelFollower(settings, services)
+    rec = ModelRecord(version=version, state="candidate", artifact=m.key, artifact_sha256=m.sha256, index=i.key,
+                      index_sha256=i.sha256, share=0.5, decided_at=_now_us())
+    assert not follower.apply([(version.encode(), rec.to_bytes(), 0, 0)])
+    assert follower.retry_at is not None and "127.0.0.1" in follower.refused[version]
+    assert served_models(services) == {"default": (base, 1.0)}
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), functools.partial(
+        http.server.SimpleHTTPRequestHandler, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert follower.apply([])                                   # the retry: fetched, verified, served
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert served_models(services) == {"control": (base, 0.5), "candidate": (version, 0.5)}
+    assert follower.retry_at is None

@@ -46,7 +46,7 @@ def _pinned(image: str) -> bool:
 def test_compose_has_kraft_kafka_topics_two_workers_and_prometheus():
     compose = _compose()
     services = compose["services"]
-    assert {"kafka", "topics", "worker-1", "worker-2", "prometheus"} <= services.keys()
+    assert {"kafka", "topics", "worker-1", "worker-2", "prometheus", "learn", "registry"} <= services.keys()
     kafka = services["kafka"]["environment"]
     assert "controller" in kafka["KAFKA_PROCESS_ROLES"] and not any("ZOOKEEPER" in k for k in kafka)
     for name, svc in services.items():
@@ -67,6 +67,22 @@ def test_compose_has_kraft_kafka_topics_two_workers_and_prometheus():
         assert svc["depends_on"]["topics"]["condition"] == "service_completed_successfully"
         assert all(p.startswith("127.0.0.1:") for p in svc["ports"]), "published on localhost only"
     assert services["worker-1"]["environment"]["SHOPSTREAM_APP_ID"] == services["worker-2"]["environment"]["SHOPSTREAM_APP_ID"]
+
+    # the fleet: learn writes the registry volume, the workers read it over HTTP
+    learn, registry = services["learn"], services["registry"]
+    assert learn["command"][0] == "learn" and learn["environment"]["SHOPSTREAM_REGISTRY"] == "file:///registry"
+    assert "registry:/registry" in learn["volumes"] and "registry:/registry:ro" in registry["volumes"]
+    assert "registry" in compose["volumes"] and "8080" in registry["command"]
+    assert services["publish-index"]["command"] == ["index", "publish"]
+    for worker in ("worker-1", "worker-2"):
+        env = services[worker]["environment"]
+        assert env["SHOPSTREAM_REGISTRY"] == "http://registry:8080" and env["SHOPSTREAM_BROKER"] == "kafka:9092"
+        assert services[worker]["depends_on"]["registry"]["condition"] == "service_healthy"
+        assert learn["environment"]["SHOPSTREAM_APP_ID"] == env["SHOPSTREAM_APP_ID"]
+    from stream.settings import Settings
+
+    for svc in (learn, services["worker-1"]):
+        Settings.from_env({k: str(v) for k, v in svc["environment"].items()})   # every setting parses
 
     prometheus = yaml.safe_load((DOCKER / "prometheus.yml").read_text())
     targets = {t for job in prometheus["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}

@@ -1,0 +1,60 @@
+"""The encoders a worker, ``learn`` and ``eval`` all start from: the configured text encoder, the
+session-encoder artifact the settings name, and title vectors cached in the data folder. Below
+``stream.live`` and ``stream.cli`` so that ``stream.ops`` needs neither."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from engines import TextEncoder, create_text_encoder
+from stream.errors import ConfigError
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: The session encoder that ships in the package: trained on UCI Online Retail (CC BY 4.0, see
+#: ``stream/data/NOTICE.md``), ONNX fp32 user and item towers plus the PyTorch weights.
+SHIPPED_SESSION_ENCODER = Path(__file__).resolve().parent / "data" / "session_encoder"
+
+
+def session_encoder_path(settings: Settings) -> Path | None:
+    """The artifact ``settings.session_encoder`` names: ``default`` is the shipped one,
+    ``pooling`` none (the weighted average of product vectors), anything else a folder."""
+    choice = str(settings.session_encoder).strip()
+    if choice == "pooling":
+        return None
+    path = SHIPPED_SESSION_ENCODER if choice == "default" else Path(choice)
+    if not (path / "manifest.json").is_file():
+        raise ConfigError(f"session_encoder {choice!r}: no session encoder artifact at {path} "
+                          "(give 'default', 'pooling' or a folder written by `shopstream train`)")
+    return path
+
+
+def load_text_encoder(settings: Settings) -> TextEncoder:
+    options = {}
+    if settings.model_dir:
+        options["model_dir"] = settings.model_dir
+    artifact = settings.encoder_artifact
+    if artifact is None and settings.encoder_backend == "auto":
+        # an engine built earlier into the data folder (`shopstream engine build`, the demo) is used
+        built = settings.cpu_engine_dir
+        if (built / "manifest.json").exists():
+            artifact = built
+            log.info("using the engine artifact built in %s", built)
+    if artifact:
+        options["artifact"] = artifact
+    if settings.model_threads:
+        options["threads"] = settings.model_threads
+    return create_text_encoder(settings.encoder_backend, **options).load()
+
+
+def text_vectors_for(data, settings, *, progress: bool = True):
+    """Title (and query) vectors with the configured text encoder, cached under ``<data_dir>/cache``."""
+    from learn.embed import text_vectors
+
+    encoder = load_text_encoder(settings)
+    try:
+        return text_vectors(data.texts, encoder, cache_dir=Path(settings.data_dir) / "cache" / "text-vectors",
+                            progress=progress), encoder.model_version
+    finally:
+        encoder.close()
