@@ -9,7 +9,7 @@ from stream.core.pipeline import Pipeline
 from stream.live.batches import LiveBatches
 from stream.live.catalog_sync import start_catalog_sync
 from stream.live.services import Services
-from stream.live.session_store import faust_store_options, session_table_options
+from stream.live.session_store import RecoveryCounter, faust_store_options, session_table_options
 from stream.ops.topics import SESSIONS_TABLE
 from stream.settings import Settings
 
@@ -74,19 +74,24 @@ def create_app(settings: Settings, services: Services) -> Any:
     """A Faust app whose agent turns events into recommendations with ``services``."""
     import faust
 
-    from stream.live.faust_compat import (SessionTable, install_batched_drain, install_changelog_fetch_pause,
-                                          install_fetch_max_wait, install_skip_ack_guard, take_batches)
+    from stream.live.faust_compat import (SessionTable, install_batched_drain, install_bulk_restore,
+                                          install_changelog_fetch_pause, install_fetch_max_wait,
+                                          install_skip_ack_guard, restore_progress, take_batches)
+    from stream.live.restore import BulkRestore
 
     install_changelog_fetch_pause()                   # a changelog Faust does not read is not fetched
     install_skip_ack_guard(settings.events_topic)     # Faust may not ack an event it skipped (issue #9)
     install_batched_drain()                           # one wait per fetch, not four tasks per message (issue 13)
     install_fetch_max_wait(settings.fetch_max_wait_ms)   # from the first fetch on, not after ready
     app = faust.App(settings.app_id, **faust_options(settings))
+    counter = RecoveryCounter()
+    install_bulk_restore(BulkRestore(settings, min_records=settings.restore_bulk_min_records,
+                                     on_records=counter.add))   # an empty partition in bulk (issue 27)
     raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
                partitions=settings.partitions)
     events = app.topic(settings.events_topic, **raw)
     table = app.Table(SESSIONS_TABLE, default=None, partitions=settings.partitions,
-                      key_type=bytes, value_type=bytes, **session_table_options(settings))
+                      key_type=bytes, value_type=bytes, **session_table_options(settings, counter))
     sessions = SessionTable(table)
     pipeline = build_pipeline(settings, services)
     batches = LiveBatches(pipeline, app=app, sessions=sessions, events_topic=settings.events_topic,
@@ -161,7 +166,8 @@ def create_app(settings: Settings, services: Services) -> Any:
         checks = readiness()
         ok = all(checks.values())
         return web.json({"ready": ok, **checks, "index_version": services.index.current.version,
-                         "model_version": services.encoder.model_version}, status=200 if ok else 503)
+                         "model_version": services.encoder.model_version,
+                         "restore": restore_progress(app)}, status=200 if ok else 503)
 
     def consumer_lag() -> dict:
         from stream.ops.prometheus import faust_consumer_lag
@@ -169,6 +175,7 @@ def create_app(settings: Settings, services: Services) -> Any:
         return faust_consumer_lag(app, settings.events_topic) if app.consumer else {}
 
     services.metrics.watch_lag(consumer_lag)
+    services.metrics.watch_restore(lambda: restore_progress(app))
 
     app.shopstream = {"services": services, "batches": batches, "sessions": sessions, "catalog": catalog,
                       "models": models}
