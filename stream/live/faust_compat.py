@@ -616,9 +616,10 @@ def install_bulk_restore(restorer: Any) -> None:
             end += 1                                   # Faust keeps the last offset; the end is one past
             first = max(offsets[tp], -1) + 1
             starts[tp] = first - 1
-            table = self.tp_to_table.get(tp)
-            store = getattr(table, "data", None)
-            if store is not None and restorer.wanted(store, tp, first, end):
+            store = getattr(self.tp_to_table.get(tp), "data", None)
+            if not hasattr(store, "_db_for_partition"):
+                continue                               # not Faust's RocksDB store
+            if restorer.wanted(store.partition_path(tp.partition), lambda: store.persisted_offset(tp), end - first):
                 first = 0                              # an empty or half-restored database: everything
                 offsets[tp] = starts[tp] = -1
                 jobs.append(Job(tp=tp, db=store._db_for_partition(tp.partition),

@@ -111,20 +111,20 @@ class BulkRestore:
         self.progress: dict[int, dict[str, int]] = {}     # partition -> {"done", "total"}
 
     # -- what Faust's recovery asks --------------------------------------------------------------
-    def wanted(self, store: Any, tp: Any, first: int, end: int) -> bool:
-        """Is ``tp`` (reading would start at offset ``first``, up to ``end``) restored in bulk?"""
-        if not hasattr(store, "_db_for_partition") or end - first < self.min_records:
+    def wanted(self, db_path: Path, persisted_offset: Callable[[], int | None], records: int) -> bool:
+        """Is the partition at ``db_path``, with ``records`` changelog records to read, restored in bulk?"""
+        if records < self.min_records:
             return False
-        path = Path(store.partition_path(tp.partition))
-        if marker_path(path).exists():
+        if marker_path(Path(db_path)).exists():
             return True                               # a restore of this process that did not finish
-        return store.persisted_offset(tp) is None     # an empty database
+        return persisted_offset() is None             # an empty database
 
     async def run(self, jobs: list[Job], on_progress: Callable[[Job], None]) -> None:
         """Read each job's changelog from ``start`` to ``end`` into its database."""
         from aiokafka import AIOKafkaConsumer, TopicPartition
         from rocksdict import WriteBatch, WriteOptions
 
+        self.on_records(0, 0)                           # the clock starts here: consumer start and first fetch count
         for job in jobs:
             set_marker(job.path)
         wopts = WriteOptions()

@@ -29,7 +29,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +137,7 @@ class RecoveryCounter:
 
     records: int = 0
     bytes: int = 0
-    started: float = field(default_factory=time.monotonic)
+    started: float | None = None          # the first record (or the start of a bulk restore)
     total_records: int = 0
     total_bytes: int = 0
 
@@ -145,14 +145,15 @@ class RecoveryCounter:
         msg = event.message
         if msg.tp not in event.app.tables.recovery.active_tps:
             return
-        if self.records == 0:
+        if self.started is None:
             self.started = time.monotonic()
         self.records += 1
         self.bytes += len(msg.key or b"") + len(msg.value or b"")
 
     def add(self, records: int, nbytes: int) -> None:
-        """Records applied outside Faust's per-record path (``stream.live.restore``: in bulk)."""
-        if self.records == 0:
+        """Records applied outside Faust's per-record path (``stream.live.restore``: in bulk);
+        ``add(0, 0)`` when such a restore begins starts the clock."""
+        if self.started is None:
             self.started = time.monotonic()
         self.records += records
         self.bytes += nbytes
@@ -161,8 +162,9 @@ class RecoveryCounter:
         self.total_records += self.records
         self.total_bytes += self.bytes
         log.info("sessions recovered: %d changelog records, %d bytes read in %.2f s",
-                 self.records, self.bytes, time.monotonic() - self.started if self.records else 0.0)
+                 self.records, self.bytes, time.monotonic() - self.started if self.started is not None else 0.0)
         self.records = self.bytes = 0
+        self.started = None
 
 
 def session_table_options(settings: Settings, counter: RecoveryCounter | None = None) -> dict[str, Any]:
