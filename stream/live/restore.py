@@ -156,13 +156,15 @@ class BulkRestore:
                         if r.offset >= job.end:
                             break
                         key, value = r.key, r.value
+                        last = r.offset
+                        if key is None:
+                            continue                    # not a session (Faust writes none without a key)
                         if value is None:
                             delete(key)
                         else:
                             put(key, value)
                             nbytes += len(value)
                         nbytes += len(key)
-                        last = r.offset
                     if last < job.start:
                         continue
                     n = len(batch)
