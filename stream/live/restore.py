@@ -113,11 +113,9 @@ class BulkRestore:
     # -- what Faust's recovery asks --------------------------------------------------------------
     def wanted(self, db_path: Path, persisted_offset: Callable[[], int | None], records: int) -> bool:
         """Is the partition at ``db_path``, with ``records`` changelog records to read, restored in bulk?"""
-        if records < self.min_records:
-            return False
         if marker_path(Path(db_path)).exists():
-            return True                               # a restore of this process that did not finish
-        return persisted_offset() is None             # an empty database
+            return True      # a restore of this process that did not finish: from the start, whatever its size
+        return records >= self.min_records and persisted_offset() is None     # an empty database
 
     async def run(self, jobs: list[Job], on_progress: Callable[[Job], None]) -> None:
         """Read each job's changelog from ``start`` to ``end`` into its database."""

@@ -188,7 +188,6 @@ async def check_state_dir(settings: Settings, changelog: str) -> list[int]:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     from stream.live.faust_compat import checked_end_offsets
-
     from stream.live.restore import wipe_half_restored
 
     tabledir = claim_state_dir(settings)
