@@ -68,6 +68,7 @@ class Settings:
     table_standby_replicas: int = 1          # warm copies of each sessions partition on other workers
     state_cache_mb: int = 64                 # RocksDB block cache of one worker, all partitions together
     state_write_buffer_mb: int = 8           # RocksDB memtable of one partition (two are kept)
+    restore_bulk_min_records: int = 10_000   # an empty sessions partition with at least this many changelog records is restored in bulk
     recently_viewed_excluded: int = 5        # the last N viewed/clicked products are not recommended
     max_event_bytes: int = 16_384
     dead_letter_max_bytes: int = 65_536      # a dead letter's copy of the value is cut to this (headers say so)
@@ -165,6 +166,8 @@ class Settings:
             bad(f"unknown_product_hold_s must not be negative, got {self.unknown_product_hold_s}")
         if self.store not in ("auto", "rocksdb", "memory"):
             bad(f"store must be one of auto, rocksdb, memory, got {self.store!r}")
+        if self.restore_bulk_min_records < 1:
+            bad(f"restore_bulk_min_records must be at least 1, got {self.restore_bulk_min_records}")
         if self.table_standby_replicas < 0 or self.state_cache_mb < 1 or self.state_write_buffer_mb < 1:
             bad("table_standby_replicas must not be negative; state_cache_mb and state_write_buffer_mb "
                 "must be at least 1")

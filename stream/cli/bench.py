@@ -111,15 +111,18 @@ def register(cli: click.Group) -> None:
     @click.option("--worker-fill-max", type=click.IntRange(min=0), default=20_000, show_default=True,
                   help="Fill through the worker up to this many sessions; beyond, write the changelog directly.")
     @click.option("--broker", default=None, help="Kafka to use (default: start the embedded broker).")
+    @click.option("--restarts/--no-restarts", default=True, show_default=True,
+                  help="After the first start, restart after SIGTERM and after SIGKILL (--no-restarts: the "
+                       "empty-disk restore only).")
     @click.option("--json", "as_json", is_flag=True)
-    def recovery(sessions, stores, partitions, worker_fill_max, broker, as_json) -> None:
+    def recovery(sessions, stores, partitions, worker_fill_max, broker, restarts, as_json) -> None:
         """Fill N sessions, restart the worker (SIGTERM, then SIGKILL): time to ready, changelog read, RSS."""
         from stream.tools.bench_recovery import STORES, render, run_recovery_bench
         from stream.tools.processes import terminate_on_sigterm
 
         terminate_on_sigterm()
         result = run_recovery_bench(sessions=sessions, stores=tuple(stores) or STORES, partitions=partitions,
-                                    worker_fill_max=worker_fill_max, broker=broker,
+                                    worker_fill_max=worker_fill_max, broker=broker, restarts=restarts,
                                     progress=(lambda line: None) if as_json else click.echo)
         emit(result, as_json, lambda r: click.echo(render(r)))
 

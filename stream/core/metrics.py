@@ -58,6 +58,9 @@ class Metrics:
     def watch_lag(self, source: Callable[[], Mapping[tuple[str, int], int]]) -> None:
         """Register where consumer lag per (topic, partition) is read from when scraped."""
 
+    def watch_restore(self, source: Callable[[], Mapping[str, Mapping[str, int]]]) -> None:
+        """Register where sessions restore progress ({partition: {"done", "total"}}) is read from."""
+
     def exposition(self) -> tuple[bytes, str] | None:
         """The metrics as (body, content type) for ``/metrics``; None when nothing is exported."""
         return None

@@ -11,7 +11,7 @@ from stream.errors import StateStoreError
 from stream.live.batches import LiveBatches
 from stream.live.catalog_sync import start_catalog_sync
 from stream.live.services import Services
-from stream.live.session_store import faust_store_options, session_table_options
+from stream.live.session_store import RecoveryCounter, faust_store_options, session_table_options
 from stream.ops.topics import SESSIONS_TABLE
 from stream.settings import Settings
 
@@ -111,9 +111,11 @@ def faust_options(settings: Settings) -> dict[str, Any]:
 
 def create_app(settings: Settings, services: Services) -> Any:
     """A Faust app whose agent turns events into recommendations with ``services``."""
-    from stream.live.faust_compat import (SessionTable, install_batched_drain, install_changelog_apply_guard,
-                                          install_changelog_fetch_pause,
-                                          install_fetch_max_wait, install_skip_ack_guard, take_batches)
+    from stream.live.faust_compat import (SessionTable, install_batched_drain, install_bulk_restore,
+                                          install_changelog_apply_guard, install_changelog_fetch_pause,
+                                          install_fetch_max_wait, install_skip_ack_guard, restore_progress,
+                                          take_batches)
+    from stream.live.restore import BulkRestore
 
     install_changelog_fetch_pause()                   # a changelog Faust does not read is not fetched
     install_changelog_apply_guard()                   # a failed write of recovered records loses nothing
@@ -122,11 +124,14 @@ def create_app(settings: Settings, services: Services) -> Any:
     install_fetch_max_wait(settings.fetch_max_wait_ms,   # from the first fetch on, not after ready
                            max_bytes=settings.fetch_max_bytes)
     app = app_class()(settings.app_id, **faust_options(settings))
+    counter = RecoveryCounter()
+    install_bulk_restore(BulkRestore(settings, min_records=settings.restore_bulk_min_records,
+                                     on_records=counter.add))   # an empty partition in bulk (issue 27)
     raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
                partitions=settings.partitions)
     events = app.topic(settings.events_topic, **raw)
     table = app.Table(SESSIONS_TABLE, default=None, partitions=settings.partitions,
-                      key_type=bytes, value_type=bytes, **session_table_options(settings))
+                      key_type=bytes, value_type=bytes, **session_table_options(settings, counter))
     sessions = SessionTable(table)
     pipeline = build_pipeline(settings, services)
     batches = LiveBatches(pipeline, app=app, sessions=sessions, events_topic=settings.events_topic,
@@ -241,7 +246,8 @@ def create_app(settings: Settings, services: Services) -> Any:
         why = reasons() if not ok else {}
         return web.json({"ready": ok, **checks, **({"reasons": why} if why else {}),
                          "index_version": services.index.current.version,
-                         "model_version": services.encoder.model_version}, status=200 if ok else 503)
+                         "model_version": services.encoder.model_version,
+                         "restore": restore_progress(app)}, status=200 if ok else 503)
 
     def consumer_lag() -> dict:
         from stream.ops.prometheus import faust_consumer_lag
@@ -250,6 +256,7 @@ def create_app(settings: Settings, services: Services) -> Any:
 
     services.metrics.watch_lag(consumer_lag)
     services.metrics.watch_send_wait(batches.sends.waited)
+    services.metrics.watch_restore(lambda: restore_progress(app))
 
     app.shopstream = {"services": services, "batches": batches, "sessions": sessions, "catalog": catalog,
                       "models": models}

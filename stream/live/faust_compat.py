@@ -15,6 +15,7 @@ loudly when the pinned versions (faust-streaming 0.15.3, aiokafka 0.14.0) stop h
 8. :func:`take_batches` -- micro-batches straight from the agent's queue, not event by event through its stream.
 9. :func:`install_changelog_fetch_pause` -- a changelog partition Faust does not read is not fetched.
 10. :func:`install_changelog_apply_guard` -- a failed write of changelog records Faust applies loses nothing.
+11. :func:`install_bulk_restore` -- an empty sessions partition restored in bulk, not record by record.
 
 True end offsets: Faust recovers a table by reading its changelog up to the end offsets that ListOffsets reports.
 tansu 0.x (the embedded broker) answers with the base offset of the partition's last record batch,
@@ -719,3 +720,116 @@ def install_changelog_apply_guard() -> None:
             return None
 
     Store.apply_changelog_batch = apply_changelog_batch
+
+
+# -- 11. empty sessions partitions restored in bulk, and restore progress ------------------------------
+def install_bulk_restore(restorer: Any) -> None:
+    """Let ``restorer`` (a ``stream.live.restore.BulkRestore``) restore empty partitions itself.
+
+    Faust recovers a table in ``Recovery._restart_recovery``: it builds the active changelog
+    partitions' high-water marks and start offsets (``active_highwaters``, ``active_offsets``:
+    the last offset applied, -1 for none), seeks its consumer there with ``_seek_offsets``, and
+    waits for ``signal_recovery_end``, which its ``_slurp_changelogs`` task sets once no active
+    partition has records left (``need_recovery()``). No public API lets a store take a partition's
+    recovery over. The copy of ``_seek_offsets`` installed here, for the active partitions:
+
+    - records where each partition starts, for the progress ``/ready`` and ``/metrics`` report
+      (:func:`restore_progress`);
+    - hands the partitions the restorer wants (empty, with many records) to it, and seeks Faust's
+      consumer to their end instead, so Faust fetches none of their records;
+    - runs the restorer as a task that moves ``active_offsets`` on as it writes, so Faust's own
+      remaining counts (and its "recovery remaining" log) are right, and when nothing remains
+      flushes Faust's buffers and sets ``signal_recovery_end`` as ``_slurp_changelogs`` would (the
+      rest -- ``on_recovery_completed``, the recovery counter's log line -- is Faust's as before).
+
+    A new rebalance cancels a restore in flight (``signal_recovery_start``); a partition it did not
+    finish keeps its marker and is restored from the beginning when it is assigned again.
+    """
+    from faust.tables.recovery import Recovery
+
+    _installed["restorer"] = restorer
+    if "seek_offsets" in _installed:
+        return
+    original = _installed["seek_offsets"] = Recovery._seek_offsets
+
+    async def _seek_offsets(self, consumer, tps, offsets, title):  # noqa: ANN001, ANN202 - faust's signature
+        restorer = _installed.get("restorer")
+        if title != "active" or restorer is None:
+            return await original(self, consumer, tps, offsets, title)
+        _cancel_restore(self)
+        from stream.live.restore import Job
+
+        highwaters = self.active_highwaters
+        starts = _installed["restore_starts"] = {}
+        jobs = []
+        for tp in tps:
+            end = highwaters.get(tp)
+            if end is None or offsets.get(tp) is None:
+                continue
+            end += 1                                   # Faust keeps the last offset; the end is one past
+            first = max(offsets[tp], -1) + 1
+            starts[tp] = first - 1
+            store = getattr(self.tp_to_table.get(tp), "data", None)
+            if not hasattr(store, "_db_for_partition"):
+                continue                               # not Faust's RocksDB store
+            if restorer.wanted(store.partition_path(tp.partition), lambda: store.persisted_offset(tp), end - first):
+                first = 0                              # an empty or half-restored database: everything
+                offsets[tp] = starts[tp] = -1
+                jobs.append(Job(tp=tp, db=store._db_for_partition(tp.partition),
+                                path=store.partition_path(tp.partition), offset_key=store.offset_key,
+                                start=first, end=end))
+        seek = offsets
+        if jobs:
+            seek = offsets.copy()
+            for job in jobs:
+                seek[job.tp] = job.end                 # Faust's consumer reads nothing of them
+            log.info("restoring %d sessions partition(s) in bulk: %s", len(jobs),
+                     ", ".join(f"{j.tp.partition} ({j.end - j.start} records)" for j in jobs))
+        await original(self, consumer, tps, seek, title)
+        if jobs:
+            _installed["restore_task"] = self.add_future(_run_restore(self, restorer, jobs, offsets))
+
+    Recovery._seek_offsets = _seek_offsets
+
+
+def _cancel_restore(recovery: Any) -> None:
+    task = _installed.pop("restore_task", None)
+    if task is not None and not task.done():
+        log.info("a new rebalance: the bulk restore in flight stops (its partitions start again when assigned)")
+        task.cancel()
+
+
+async def _run_restore(recovery: Any, restorer: Any, jobs: list, offsets: Any) -> None:
+    import asyncio
+
+    def on_progress(job) -> None:  # noqa: ANN001
+        if recovery.signal_recovery_start.is_set():
+            raise asyncio.CancelledError()             # a new rebalance: this assignment is gone
+        offsets[job.tp] = max(offsets[job.tp], job.start - 1)
+
+    try:
+        await restorer.run(jobs, on_progress)
+    except asyncio.CancelledError:
+        return
+    except Exception as exc:  # noqa: BLE001 - the worker stops; the marker makes the next start restore again
+        log.exception("the bulk restore failed: %r", exc)
+        await recovery.crash(exc)
+        return
+    if recovery.in_recovery and not recovery.need_recovery():
+        recovery.flush_buffers()                      # what Faust's own path read meanwhile
+        recovery.signal_recovery_end.set()
+
+
+def restore_progress(app: Any) -> dict[str, dict[str, int]]:
+    """Changelog records restored of those to restore, per partition, in the latest recovery."""
+    recovery = app.tables.recovery
+    starts = _installed.get("restore_starts") or {}
+    out = {}
+    for tp, start in sorted(starts.items(), key=lambda kv: kv[0].partition):
+        end = recovery.active_highwaters.get(tp)
+        now = recovery.active_offsets.get(tp)
+        if end is None or now is None:
+            continue
+        total = max(end - start, 0)
+        out[str(tp.partition)] = {"done": min(max(now - start, 0), total), "total": total}
+    return out

@@ -19,7 +19,8 @@ Functions, called once when a worker builds its Faust app:
   ``table_standby_replicas``);
 - :func:`session_table_options`: the sessions table's RocksDB options and its recovery counter;
 - :func:`check_state_dir`: before Faust starts, drop local partitions that are ahead of their
-  changelog (a new broker, or a changelog that was deleted), which Faust would refuse to start on.
+  changelog (a new broker, or a changelog that was deleted), which Faust would refuse to start on,
+  and partitions whose bulk restore never finished (``stream.live.restore``).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +137,7 @@ class RecoveryCounter:
 
     records: int = 0
     bytes: int = 0
-    started: float = field(default_factory=time.monotonic)
+    started: float | None = None          # the first record (or the start of a bulk restore)
     total_records: int = 0
     total_bytes: int = 0
 
@@ -144,22 +145,31 @@ class RecoveryCounter:
         msg = event.message
         if msg.tp not in event.app.tables.recovery.active_tps:
             return
-        if self.records == 0:
+        if self.started is None:
             self.started = time.monotonic()
         self.records += 1
         self.bytes += len(msg.key or b"") + len(msg.value or b"")
+
+    def add(self, records: int, nbytes: int) -> None:
+        """Records applied outside Faust's per-record path (``stream.live.restore``: in bulk);
+        ``add(0, 0)`` when such a restore begins starts the clock."""
+        if self.started is None:
+            self.started = time.monotonic()
+        self.records += records
+        self.bytes += nbytes
 
     async def on_recovered(self) -> None:
         self.total_records += self.records
         self.total_bytes += self.bytes
         log.info("sessions recovered: %d changelog records, %d bytes read in %.2f s",
-                 self.records, self.bytes, time.monotonic() - self.started if self.records else 0.0)
+                 self.records, self.bytes, time.monotonic() - self.started if self.started is not None else 0.0)
         self.records = self.bytes = 0
+        self.started = None
 
 
-def session_table_options(settings: Settings) -> dict[str, Any]:
+def session_table_options(settings: Settings, counter: RecoveryCounter | None = None) -> dict[str, Any]:
     """Keywords for ``app.Table`` of the sessions: RocksDB options and the recovery counter."""
-    counter = RecoveryCounter()
+    counter = counter or RecoveryCounter()
     opts: dict[str, Any] = {"on_changelog_event": counter.on_event, "on_recover": counter.on_recovered}
     if store_kind(settings) == "rocksdb":
         opts["options"] = rocksdb_options(settings)
@@ -178,11 +188,13 @@ async def check_state_dir(settings: Settings, changelog: str) -> list[int]:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     from stream.live.faust_compat import checked_end_offsets
+    from stream.live.restore import wipe_half_restored
 
     tabledir = claim_state_dir(settings)
     local = {}
     for p in range(settings.partitions):
         path = tabledir / f"sessions-{p}.db"
+        wipe_half_restored(path)                # a bulk restore that never finished: never trusted
         if path.is_dir():
             local[p] = (path, _stored_offset(path))
     if not local:

@@ -88,7 +88,9 @@ class PrometheusMetrics(Metrics):
                                            "Registry artifacts refused (not fetched, or failing the sha256 check).",
                                            ["reason"], registry=r)
         self._lag_source: LagSource | None = None
+        self._restore_source: Callable[[], Mapping[str, Mapping[str, int]]] | None = None
         r.register(_LagCollector(self))
+        r.register(_RestoreCollector(self))
 
     # -- the Metrics interface --------------------------------------------------------------------
     def on_event_in(self, event_type: str) -> None:
@@ -152,6 +154,9 @@ class PrometheusMetrics(Metrics):
     def watch_lag(self, source: LagSource) -> None:
         self._lag_source = source
 
+    def watch_restore(self, source: Callable[[], Mapping[str, Mapping[str, int]]]) -> None:
+        self._restore_source = source
+
     def exposition(self) -> tuple[bytes, str]:
         return _client().generate_latest(self.registry), CONTENT_TYPE
 
@@ -180,6 +185,38 @@ class _LagCollector:
             for (topic, partition), lag in sorted(lags.items()):
                 family.add_metric([topic, str(partition)], lag)
         yield family
+
+
+class _RestoreCollector:
+    """Sessions restore progress per partition (changelog records done, and to do), read when scraped."""
+
+    def __init__(self, metrics: PrometheusMetrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Iterator:
+        from prometheus_client.core import GaugeMetricFamily
+
+        done = GaugeMetricFamily("shopstream_restore_records_done",
+                                 "Changelog records restored into the sessions table in the latest recovery, "
+                                 "per partition.", labels=["partition"])
+        total = GaugeMetricFamily("shopstream_restore_records_total",
+                                  "Changelog records the latest recovery of the sessions table reads, per partition.",
+                                  labels=["partition"])
+        source = self.metrics._restore_source
+        progress = {}
+        if source is not None:
+            try:
+                progress = source()
+            except Exception:  # noqa: BLE001 - a scrape must never fail on a recovery mid-rebalance
+                log.debug("restore progress unavailable", exc_info=True)
+        for partition, p in sorted(progress.items(), key=lambda kv: int(kv[0])):
+            done.add_metric([str(partition)], p["done"])
+            total.add_metric([str(partition)], p["total"])
+        yield done
+        yield total
 
 
 def faust_consumer_lag(app, topic: str) -> dict[tuple[str, int], int]:

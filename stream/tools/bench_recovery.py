@@ -9,6 +9,10 @@ For each store (memory, RocksDB) the run
 2. starts a worker and stops it with SIGTERM, then starts it again and times start -> ``/ready``;
 3. kills that worker with SIGKILL and times the next start -> ``/ready`` the same way.
 
+When the fill writes the changelog directly, the first start is an **empty-disk restore** (a new
+host: no state folder): its recovery time and records/s are reported on their own
+(``empty_disk``), and ``restarts=False`` stops the run there.
+
 For each start it reports seconds to ready, the changelog records and bytes the worker read to
 recover (its own log line, ``stream.live.session_store.RecoveryCounter``), and the worker's peak
 resident memory until ready (psutil).
@@ -205,8 +209,15 @@ def _dir_mb(path: Path) -> float:
     return round(sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20, 1) if path.exists() else 0.0
 
 
+def _empty_disk(first: dict[str, Any]) -> dict[str, Any]:
+    """The first start's restore from an empty state folder: seconds, records/s, ready, RSS."""
+    records, secs = first["records_read"], first["recover_s"]
+    return {"records": records, "restore_s": secs, "ready_s": first["ready_s"], "rss_mb": first["rss_mb"],
+            "records_per_second": round(records / secs, 1) if records and secs else None}
+
+
 def bench_store(base: Settings, store: str, n: int, *, worker_fill_max: int, pids: list[str],
-                ready_timeout: float, log_dir: Path, progress) -> dict[str, Any]:
+                ready_timeout: float, log_dir: Path, progress, restarts: bool = True) -> dict[str, Any]:
     from stream.live.session_store import state_root
     from stream.ops.topics import ensure_topics
     from stream.tools.broker import free_port
@@ -235,7 +246,10 @@ def bench_store(base: Settings, store: str, n: int, *, worker_fill_max: int, pid
             proc = first["proc"]
             out["fill"] = {"how": "session states written to the changelog directly, loaded by a first start",
                            "write_s": round(secs, 2), "first_start": {k: v for k, v in first.items() if k != "proc"}}
+            out["empty_disk"] = _empty_disk(first)
         out["changelog_records"] = asyncio.run(_changelog_size(settings))
+        if not restarts:
+            return out
         stop_process(proc, timeout=60)                           # graceful
         progress(f"[{store}] restart after a graceful stop ...")
         graceful = _start(settings, store, log_path, ready_timeout)
@@ -258,7 +272,7 @@ def bench_store(base: Settings, store: str, n: int, *, worker_fill_max: int, pid
 def run_recovery_bench(*, sessions: int, stores: tuple[str, ...] = STORES, partitions: int = 4,
                        worker_fill_max: int = 20_000, broker: str | None = None,
                        data_dir: Path | None = None, ready_timeout: float | None = None,
-                       progress=lambda line: None) -> dict[str, Any]:
+                       restarts: bool = True, progress=lambda line: None) -> dict[str, Any]:
     from index import load_snapshot
     from stream.tools.bench_e2e import _machine
     from stream.tools.bootstrap import prepare_local
@@ -274,7 +288,8 @@ def run_recovery_bench(*, sessions: int, stores: tuple[str, ...] = STORES, parti
         base = prepare_local(Settings.from_env(broker=broker, data_dir=data_dir, partitions=partitions))
         pids = list(load_snapshot(base.resolved_index_path).products)
         results = [bench_store(base, store, sessions, worker_fill_max=worker_fill_max, pids=pids,
-                               ready_timeout=ready_timeout, log_dir=data_dir / "logs", progress=progress)
+                               ready_timeout=ready_timeout, log_dir=data_dir / "logs", progress=progress,
+                               restarts=restarts)
                    for store in stores]
         return {"machine": _machine(), "broker": "embedded tansu" if embedded else broker,
                 "partitions": partitions, "sessions": sessions, "results": results}
@@ -297,7 +312,13 @@ def render(r: dict) -> str:
                          f"first start ready in {fs['ready_s']} s")
         lines.append(f"[{s['store']}] changelog: {s['changelog_records']} records"
                      + (f"; state on disk {s['state_on_disk_mb']} MB" if "state_on_disk_mb" in s else ""))
+        if "empty_disk" in s:
+            e = s["empty_disk"]
+            lines.append(f"[{s['store']}] empty-disk restore: {e['records']} records in {e['restore_s']} s "
+                         f"({e['records_per_second']} records/s); ready in {e['ready_s']} s; peak RSS {e['rss_mb']} MB")
         for kind in ("graceful", "sigkill"):
+            if kind not in s:
+                continue
             m = s[kind]
             mb = "?" if m["bytes_read"] is None else f"{m['bytes_read'] / 2**20:.1f} MB"
             lines.append(f"[{s['store']}] restart after {kind:8}  ready in {m['ready_s']:>7} s   "

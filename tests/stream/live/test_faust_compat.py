@@ -56,6 +56,22 @@ def test_rocksdb_store_reach():
     assert rocksdb.Store.offset_key == b"__faust\0offset__", "faust stores the changelog offset elsewhere"
 
 
+def test_bulk_restore_reach():
+    """What ``install_bulk_restore`` uses of Faust's recovery (faust/tables/recovery.py)."""
+    from faust.tables.recovery import Recovery
+
+    params = list(inspect.signature(Recovery._seek_offsets).parameters)
+    assert params == ["self", "consumer", "tps", "offsets", "title"]
+    src = inspect.getsource(Recovery)
+    assert 'T(self._seek_offsets)(\n                        consumer, assigned_active_tps, active_offsets, "active"' in src
+    for name in ("active_highwaters", "active_offsets", "tp_to_table", "signal_recovery_start",
+                 "signal_recovery_end", "in_recovery", "flush_buffers", "need_recovery"):
+        assert name in src, f"faust's recovery has no {name}"
+    # the end of recovery that the bulk restore signals the same way
+    assert "if self.in_recovery and not self.need_recovery():\n                # apply anything stuck in the buffers\n" \
+           "                self.flush_buffers()" in src
+
+
 def test_send_changelog_takes_a_partition():
     from faust.tables.base import Collection
 
