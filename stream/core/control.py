@@ -1,12 +1,16 @@
 """Control messages on the events topic: a header names the verb, the key names the user.
 
-``shopstream forget USER`` sends ``(CONTROL_HEADER, FORGET)`` with the user id as key and an
-empty value, once to every partition of the events topic (see :mod:`stream.ops.erasure`).
+``shopstream forget USER`` sends ``(CONTROL_HEADER, FORGET)`` with the user as key and an empty
+value, once to every partition of the events topic (see :mod:`stream.ops.erasure`). With
+pseudonymisation on, the key is the user's pseudonym, not the raw id, and the record says so with
+``(KEY_HEADER, PSEUDONYM)``: the raw id is then never written to Kafka by shopstream.
 """
 from __future__ import annotations
 
 CONTROL_HEADER = "shopstream.control"
 FORGET = b"forget"
+KEY_HEADER = "shopstream.key"        # what the key of a control record is
+PSEUDONYM = b"pseudonym"             # ... the user's pseudonym (absent: the raw user id)
 
 
 def control_verb(headers) -> bytes | None:
@@ -15,3 +19,8 @@ def control_verb(headers) -> bytes | None:
         if k == CONTROL_HEADER:
             return v
     return None
+
+
+def key_is_pseudonym(headers) -> bool:
+    """True when a control record's key is already the user's pseudonym."""
+    return any(k == KEY_HEADER and v == PSEUDONYM for k, v in headers or ())
