@@ -65,10 +65,11 @@ class BatchResult:
     held: list[Message] = field(default_factory=list)     # not handled yet: try again in a later batch
     done: list[Message] = field(default_factory=list)     # handled: ack once the result is published
     hits: list[dict[str, Any]] = field(default_factory=list)   # online feedback: a shown product taken up
+    forgotten: list[str] = field(default_factory=list)    # users erased: tombstone their recommendations, hits
 
     def extend(self, other: "BatchResult") -> "BatchResult":
         for name in ("recommendations", "latest_event_ts", "state_writes", "dead_letters", "resends",
-                     "held", "done", "hits"):
+                     "held", "done", "hits", "forgotten"):
             getattr(self, name).extend(getattr(other, name))
         return self
 
@@ -177,6 +178,8 @@ class Pipeline:
             # a forget request erases the session on the partition it arrived on: sent to every
             # partition, it reaches the session wherever the shop's partitioner put it
             out.state_writes.extend(StateWrite(p, key, None) for p in erased_on)
+            if erased_on:
+                out.forgotten.append(user_id)
             if state is None:
                 continue
             if not events:

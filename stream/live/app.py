@@ -8,6 +8,7 @@ from typing import Any
 from stream.core.pipeline import Pipeline
 from stream.live.batches import LiveBatches
 from stream.live.catalog_sync import start_catalog_sync
+from stream.live.faust_compat import FAUST_VIEW_SETTINGS
 from stream.live.services import Services
 from stream.live.session_store import faust_store_options, session_table_options
 from stream.ops.topics import SESSIONS_TABLE
@@ -59,6 +60,7 @@ def faust_options(settings: Settings) -> dict[str, Any]:
         web_bind=settings.web_host,
         web_host=settings.web_host,
         web_port=settings.web_port,
+        **FAUST_VIEW_SETTINGS,                  # no Faust view: /table would serve any shopper's session
         autodiscover=False,
         key_serializer="raw",                   # shopstream (de)serialises with orjson itself
         value_serializer="raw",
@@ -75,13 +77,16 @@ def create_app(settings: Settings, services: Services) -> Any:
     import faust
 
     from stream.live.faust_compat import (SessionTable, install_batched_drain, install_changelog_fetch_pause,
-                                          install_fetch_max_wait, install_skip_ack_guard, take_batches)
+                                          install_fetch_max_wait, install_skip_ack_guard, only_own_web_pages,
+                                          take_batches)
 
     install_changelog_fetch_pause()                   # a changelog Faust does not read is not fetched
     install_skip_ack_guard(settings.events_topic)     # Faust may not ack an event it skipped (issue #9)
     install_batched_drain()                           # one wait per fetch, not four tasks per message (issue 13)
     install_fetch_max_wait(settings.fetch_max_wait_ms)   # from the first fetch on, not after ready
     app = faust.App(settings.app_id, **faust_options(settings))
+    if settings.web_enabled:
+        only_own_web_pages(app)                       # /health, /ready, /metrics and nothing else
     raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
                partitions=settings.partitions)
     events = app.topic(settings.events_topic, **raw)

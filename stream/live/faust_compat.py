@@ -14,6 +14,7 @@ loudly when the pinned versions (faust-streaming 0.15.3, aiokafka 0.14.0) stop h
 7. :func:`install_batched_drain` -- Faust's fetch loop without four asyncio tasks per message.
 8. :func:`take_batches` -- micro-batches straight from the agent's queue, not event by event through its stream.
 9. :func:`install_changelog_fetch_pause` -- a changelog partition Faust does not read is not fetched.
+10. :func:`only_own_web_pages` -- the web server serves shopstream's pages and none of Faust's.
 
 True end offsets: Faust recovers a table by reading its changelog up to the end offsets that ListOffsets reports.
 tansu 0.x (the embedded broker) answers with the base offset of the partition's last record batch,
@@ -566,3 +567,22 @@ async def take_batches(stream: Any, max_: int, within: float) -> Any:
         if batch:
             eager = len(batch) < max_
             yield batch
+
+
+# -- 10. the web server serves shopstream's pages only --------------------------------------------------
+FAUST_VIEW_SETTINGS = dict(web_tables_enabled=False,   # /table/<name>/<key>/: any shopper's session
+                           web_router_enabled=False,   # /router/: which worker holds a key, the cluster's URLs
+                           web_stats_enabled=False, web_graph_enabled=False, web_metrics_enabled=False)
+
+
+def only_own_web_pages(app: Any) -> None:
+    """Serve no built-in Faust view: only the pages the app adds (``/health``, ``/ready``, ``/metrics``).
+
+    :data:`FAUST_VIEW_SETTINGS` (public settings of faust-streaming 0.15) switch off the table,
+    router, statistics, graph and performance views; with statistics off Faust mounts its
+    "production index" at ``/`` instead, which no setting removes, so it is dropped from the
+    blueprints the web server will apply (``BlueprintManager._enabled``, before the server starts).
+    """
+    manager = app.web.blueprints
+    manager._enabled = [(prefix, bp) for prefix, bp in manager._enabled
+                        if not (isinstance(bp, str) and bp.startswith("faust.web.apps."))]
