@@ -75,7 +75,8 @@ class EventProducer:
 
 
 class RecommendationConsumer:
-    """Iterates recommendations as dicts; duplicates (same recommendation_id) are dropped.
+    """Iterates recommendations as dicts; duplicates (same recommendation_id) and the tombstones
+    ``forget`` writes are dropped.
 
         async with RecommendationConsumer(settings, group_id="storefront") as recs:
             async for rec in recs:
@@ -104,6 +105,8 @@ class RecommendationConsumer:
 
     async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         async for msg in self._consumer:
+            if msg.value is None:          # a tombstone: the shopper was forgotten (compacted topic)
+                continue
             rec = orjson.loads(msg.value)
             rid = rec.get("recommendation_id")
             if rid in self._seen:
