@@ -96,7 +96,7 @@ def test_forget_reaches_every_topic_and_no_view_serves_a_session(settings_factor
     storefront = [event(1, GONE, "search", query=QUERY, ts_ms=base, results=[x, y]),
                   event(2, GONE, "view", item=y, ts_ms=base + 1),
                   event(3, GONE, "view", item="no-such-product", ts_ms=base + 2),      # dead-lettered
-                  event(4, GONE, "cart", item=x, ts_ms=base + 3),
+                  event(4, GONE, "add_to_cart", item=x, ts_ms=base + 3),
                   event(5, GONE, "purchase", item=x, ts_ms=base + 4),
                   event(6, KEPT, "view", item=y, ts_ms=base + 5)]
     run(produce_raw(settings, [keyed(e) for e in storefront]))
@@ -107,8 +107,10 @@ def test_forget_reaches_every_topic_and_no_view_serves_a_session(settings_factor
 
     run(forget(settings, GONE))
     # the worker applies the request too: it tombstones the recommendation on top of forget's own
-    run(read_topic(settings, settings.recommendations_topic, timeout=60,
-                   until=lambda m: sum(r.key == gone.encode() and r.value is None for r in m) > settings.partitions))
+    tombstones = lambda m: sum(r.key == gone.encode() and r.value is None for r in m)   # noqa: E731
+    recs = run(read_topic(settings, settings.recommendations_topic, timeout=60,
+                          until=lambda m: tombstones(m) > settings.partitions))
+    assert tombstones(recs) > settings.partitions, "the worker did not tombstone the recommendation"
     stop_process(worker)
 
     topics = [s.name for s in topic_specs(settings)]
