@@ -134,10 +134,11 @@ async def request_forget(settings: Settings, user_id: str) -> list[int]:
 
     Headers ``shopstream.control: forget``, the user id as key, an empty value, sent once to each
     partition of the events topic. With ``settings.pseudonymise_key`` set the key is the user's
-    pseudonym and the header ``shopstream.key: pseudonym`` says so: the raw id is not written. Whichever partitioner placed the user's events (murmur2 from
-    Java or aiokafka, CRC32 from librdkafka), one copy is in order with them and reaches the
-    worker holding the session, which erases it and writes the tombstone to the changelog
-    partition the session lives on. Returns the partitions it went to.
+    pseudonym and the header ``shopstream.key: pseudonym`` says so: the raw id is not written.
+    Whichever partitioner placed the user's events (murmur2 from Java or aiokafka, CRC32 from
+    librdkafka), one copy is in order with them and reaches the worker holding the session, which
+    erases it and writes the tombstone to the changelog partition the session lives on. Returns
+    the partitions it went to.
     """
     from aiokafka import AIOKafkaProducer
     from aiokafka.errors import KafkaError
