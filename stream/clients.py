@@ -75,7 +75,8 @@ class EventProducer:
 
 
 class RecommendationConsumer:
-    """Iterates recommendations as dicts; duplicates (same recommendation_id) are dropped.
+    """Iterates recommendations as dicts; duplicates (same recommendation_id) and the tombstones
+    ``forget`` writes are dropped.
 
         async with RecommendationConsumer(settings, group_id="storefront") as recs:
             async for rec in recs:
@@ -104,6 +105,8 @@ class RecommendationConsumer:
 
     async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         async for msg in self._consumer:
+            if msg.value is None:          # a tombstone: the shopper was forgotten (compacted topic)
+                continue
             rec = orjson.loads(msg.value)
             rid = rec.get("recommendation_id")
             if rid in self._seen:
@@ -130,25 +133,30 @@ async def request_forget(settings: Settings, user_id: str) -> list[int]:
     """Ask the workers to erase ``user_id``'s session: a control message to every events partition.
 
     Headers ``shopstream.control: forget``, the user id as key, an empty value, sent once to each
-    partition of the events topic. Whichever partitioner placed the user's events (murmur2 from
-    Java or aiokafka, CRC32 from librdkafka), one copy is in order with them and reaches the
-    worker holding the session, which erases it and writes the tombstone to the changelog
-    partition the session lives on. Returns the partitions it went to.
+    partition of the events topic. With ``settings.pseudonymise_key`` set the key is the user's
+    pseudonym and the header ``shopstream.key: pseudonym`` says so: the raw id is not written.
+    Whichever partitioner placed the user's events (murmur2 from Java or aiokafka, CRC32 from
+    librdkafka), one copy is in order with them and reaches the worker holding the session, which
+    erases it and writes the tombstone to the changelog partition the session lives on. Returns
+    the partitions it went to.
     """
     from aiokafka import AIOKafkaProducer
     from aiokafka.errors import KafkaError
 
-    from stream.core.control import CONTROL_HEADER, FORGET
+    from stream.core.control import CONTROL_HEADER, FORGET, KEY_HEADER, PSEUDONYM
     from stream.errors import BrokerError
+    from stream.ops.erasure import state_key
     from stream.ops.topics import ensure_topics
 
     partitions = (await ensure_topics(settings))[settings.events_topic]
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all",
                                 **settings.kafka_client_options())
+    key = state_key(settings, user_id).encode()
+    headers = [(CONTROL_HEADER, FORGET)] + ([(KEY_HEADER, PSEUDONYM)] if settings.pseudonymise_key else [])
     try:
         await producer.start()
-        sent = [await producer.send(settings.events_topic, b"", key=user_id.encode(), partition=p,
-                                    headers=[(CONTROL_HEADER, FORGET)]) for p in range(partitions)]
+        sent = [await producer.send(settings.events_topic, b"", key=key, partition=p, headers=headers)
+                for p in range(partitions)]
         metas = [await fut for fut in sent]
     except KafkaError as exc:
         raise BrokerError(f"could not send the forget request to {settings.broker}: {exc}") from exc

@@ -72,6 +72,7 @@ class Settings:
     recently_viewed_excluded: int = 5        # the last N viewed/clicked products are not recommended
     max_event_bytes: int = 16_384
     dead_letter_max_bytes: int = 65_536      # a dead letter's copy of the value is cut to this (headers say so)
+    dead_letter_retention_s: float = 7 * 86400.0   # a dead letter is deleted within this (and within erasure_deadline_s)
     fault_event_ids: str = ""                # TEST ONLY: comma-separated event ids the encoder "fails" on
     fault_driver_event_ids: str = ""         # TEST ONLY: the driver raises once after publishing a batch holding one
     max_future_skew_s: float = 3600.0        # events later than now + this are rejected
@@ -116,6 +117,9 @@ class Settings:
     web_port: int = 6066
     web_enabled: bool = True
     pseudonymise_key: Secret = Secret("")    # when set, user ids are replaced by a keyed hash
+    # every record shopstream writes of a shopper is gone within this, forgotten or not: the topic
+    # configs `shopstream topics` sets (retention, compaction lag, segment and tombstone times)
+    erasure_deadline_s: float = 30 * 86400.0
     log_level: str = "INFO"
     log_format: str = "text"                 # text | json (one JSON object per line)
 
@@ -194,6 +198,11 @@ class Settings:
             from stream.core.variants import parse_variants
 
             parse_variants(self.variants)              # ConfigError naming what is wrong
+        if not 3600.0 <= self.erasure_deadline_s <= 10 * 365 * 86400.0:      # also refuses NaN
+            bad(f"erasure_deadline_s must be between 3600 (an hour) and 315360000 (ten years), "
+                f"got {self.erasure_deadline_s}")
+        if not 60.0 <= self.dead_letter_retention_s:
+            bad(f"dead_letter_retention_s must be at least 60, got {self.dead_letter_retention_s}")
         if not 0 < self.web_port < 65536:
             bad(f"web_port must be a TCP port, got {self.web_port}")
 

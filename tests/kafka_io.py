@@ -62,4 +62,5 @@ def keyed(ev: dict) -> tuple[bytes, bytes]:
 
 
 def recs_of(messages) -> list[dict]:
-    return [orjson.loads(m.value) for m in messages]
+    """The recommendations among ``messages``; the tombstones ``forget`` writes are left out."""
+    return [orjson.loads(m.value) for m in messages if m.value is not None]

@@ -1,7 +1,9 @@
 """Control messages on the events topic: a header names the verb, the key names the user.
 
-``shopstream forget USER`` sends ``(CONTROL_HEADER, FORGET)`` with the user id as key and an
-empty value, once to every partition of the events topic (see :mod:`stream.ops.erasure`).
+``shopstream forget USER`` sends ``(CONTROL_HEADER, FORGET)`` with the user as key and an empty
+value, once to every partition of the events topic (see :mod:`stream.ops.erasure`). With
+pseudonymisation on, the key is the user's pseudonym, not the raw id, and the record says so with
+``(KEY_HEADER, PSEUDONYM)``: the raw id is then never written to Kafka by shopstream.
 
 A message that carries the control header is a control message, whatever else it holds. One that
 is not a valid forget request -- another verb, no key, a key that is not UTF-8 or longer than a
@@ -25,6 +27,8 @@ MAX_KEY_BYTES = 128             # the longest user id an event may carry (stream
 MAX_HEADERS = 32
 MAX_HEADER_KEY_CHARS = 256
 MAX_HEADER_VALUE_BYTES = 4096
+KEY_HEADER = "shopstream.key"        # what the key of a control record is
+PSEUDONYM = b"pseudonym"             # ... the user's pseudonym (absent: the raw user id)
 
 
 def control_verb(headers) -> bytes | None:
@@ -72,3 +76,6 @@ def bounded_headers(headers: Iterable | None) -> tuple[tuple[str, bytes | None],
             v = bytes(v)
         out.append((key[:MAX_HEADER_KEY_CHARS], v[:MAX_HEADER_VALUE_BYTES] if v is not None else None))
     return tuple(out)
+def key_is_pseudonym(headers) -> bool:
+    """True when a control record's key is already the user's pseudonym."""
+    return any(k == KEY_HEADER and v == PSEUDONYM for k, v in headers or ())

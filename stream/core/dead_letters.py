@@ -31,6 +31,7 @@ class DeadLetter:
     message: Message
     reason: str                        # a short code: not_json, oversized, unknown_product, processing_error, ...
     detail: str
+    pseudonymised: bool = False        # user and session ids (and the key) replaced by pseudonyms
 
 
 def dead_letter_record(dl: DeadLetter, max_bytes: int) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
@@ -42,6 +43,8 @@ def dead_letter_record(dl: DeadLetter, max_bytes: int) -> tuple[bytes | None, by
                (HEADER + "topic", msg.topic.encode()),
                (HEADER + "partition", str(msg.partition).encode()),
                (HEADER + "offset", str(msg.offset).encode())]
+    if dl.pseudonymised:
+        headers.append((HEADER + "pseudonymised", b"user_id,session_id,key"))
     if value is not None:
         headers.append((HEADER + "original-size", str(len(value)).encode()))
         headers.append((HEADER + "sha256", hashlib.sha256(value).hexdigest().encode()))

@@ -16,13 +16,13 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 import orjson
 
 from stream.core import session_state
-from stream.core.control import control_problem, is_control
+from stream.core.control import control_problem, is_control, key_is_pseudonym
 from stream.core.dead_letters import DeadLetter, Message
 from stream.core.metrics import Metrics
 from stream.core.partitioner import partition_for
@@ -65,10 +65,11 @@ class BatchResult:
     held: list[Message] = field(default_factory=list)     # not handled yet: try again in a later batch
     done: list[Message] = field(default_factory=list)     # handled: ack once the result is published
     hits: list[dict[str, Any]] = field(default_factory=list)   # online feedback: a shown product taken up
+    forgotten: list[str] = field(default_factory=list)    # users erased: tombstone their recommendations, hits
 
     def extend(self, other: "BatchResult") -> "BatchResult":
         for name in ("recommendations", "latest_event_ts", "state_writes", "dead_letters", "resends",
-                     "held", "done", "hits"):
+                     "held", "done", "hits", "forgotten"):
             getattr(self, name).extend(getattr(other, name))
         return self
 
@@ -105,21 +106,22 @@ class Pipeline:
         out = BatchResult()
         now = self.monotonic()
         by_user: OrderedDict[str, list[tuple[Event | None, Message]]] = OrderedDict()
-        held_users: set[str] = set()       # raw user ids with a held message: their later ones wait too
+        held_users: set[str] = set()       # users (as state keys) with a held message: their later ones wait too
         checked: set[int] = set()          # partitions whose keying this batch has checked
         for msg in messages:
             if msg.headers and is_control(msg.headers):
                 problem = control_problem(msg.key, msg.headers)
                 if problem is not None:
                     self._invalid_control(msg, *problem)
-                    out.dead_letters.append(DeadLetter(msg, "invalid_control", problem[1]))
+                    out.dead_letters.append(self._dead_letter(msg, "invalid_control", problem[1]))
                     out.done.append(msg)
                     continue
-                raw_user = msg.key.decode("utf-8", "replace")
-                if raw_user in held_users:
+                subject = msg.key.decode("utf-8", "replace")
+                # the request carries the pseudonym when pseudonymisation is on (control.py)
+                user_id = subject if key_is_pseudonym(msg.headers) else self._state_user(subject)
+                if user_id in held_users:
                     out.held.append(msg)
                     continue
-                user_id = self.pseudonymise_id(raw_user) if self.pseudonymise_id else raw_user
                 by_user.setdefault(user_id, []).append((None, msg))
                 out.done.append(msg)
                 continue
@@ -127,14 +129,14 @@ class Pipeline:
                 parsed = self._parse(msg)
             except InvalidEvent as err:
                 if err.reason == "unknown_product" and now - msg.received_at < self.hold_unknown_s:
-                    held_users.add(_user_of(msg.value))   # the catalogue may not have it yet
+                    held_users.add(self._state_user(_user_of(msg.value)))   # the catalogue may not have it yet
                     out.held.append(msg)
                     continue
                 self.metrics.on_dead_letter(err.reason)
-                out.dead_letters.append(DeadLetter(msg, err.reason, err.detail))
+                out.dead_letters.append(self._dead_letter(msg, err.reason, err.detail))
                 out.done.append(msg)
                 continue
-            if parsed.user_id in held_users:
+            if held_users and self._state_user(parsed.user_id) in held_users:
                 out.held.append(msg)
                 continue
             key = msg.key.decode("utf-8", "replace") if isinstance(msg.key, bytes) else msg.key
@@ -164,13 +166,18 @@ class Pipeline:
             state = self._read(read_state, partition, key)
             erased_on: list[int] = []
             hits: list[dict[str, Any]] = []
+            events: list[Event] = []
             for parsed, msg in items:
                 if parsed is None:
+                    # nothing from before the request may reach what is written after it: not the
+                    # session, not a hit, not the recommendation's event ids or search
                     state = None
                     hits = []
+                    events = []
                     if msg.partition not in erased_on:
                         erased_on.append(msg.partition)
                 else:
+                    events.append(parsed)
                     for hit in session_state.credit(state, parsed, self.horizon):
                         hit["user_id"] = user_id
                         hits.append(hit)
@@ -178,9 +185,10 @@ class Pipeline:
             # a forget request erases the session on the partition it arrived on: sent to every
             # partition, it reaches the session wherever the shop's partitioner put it
             out.state_writes.extend(StateWrite(p, key, None) for p in erased_on)
+            if erased_on:
+                out.forgotten.append(user_id)
             if state is None:
                 continue
-            events = [p for p, _ in items if p is not None]
             if not events:
                 continue
             state["seen_at"] = self.wall_clock()
@@ -266,7 +274,7 @@ class Pipeline:
             log.error("message %s/%d@%d cannot be processed, dead-lettered: %s: %s", msg.topic,
                       msg.partition, msg.offset, type(exc).__name__, exc)
             self.metrics.on_dead_letter("processing_error")
-            out.dead_letters.append(DeadLetter(msg, "processing_error", f"{type(exc).__name__}: {exc}"))
+            out.dead_letters.append(self._dead_letter(msg, "processing_error", f"{type(exc).__name__}: {exc}"))
             out.done.append(msg)
         return out
 
@@ -297,6 +305,37 @@ class Pipeline:
         self.metrics.on_dead_letter("invalid_control")
         log.error("control message %s/%d@%d is not valid (%s), dead-lettered: %s", msg.topic, msg.partition,
                   msg.offset, reason, detail)
+
+    def _state_user(self, raw_user: str) -> str:
+        """The id a user has in sessions, recommendations and erasures (their pseudonym when on)."""
+        return self.pseudonymise_id(raw_user) if self.pseudonymise_id is not None and raw_user else raw_user
+
+    def _dead_letter(self, msg: Message, reason: str, detail: str) -> DeadLetter:
+        """A dead letter of ``msg``; with pseudonymisation on, a value that parses as a JSON object
+        has its ``user_id`` and ``session_id`` replaced by their pseudonyms, and the key by the
+        user's pseudonym (header ``pseudonymised``), so no raw id is written by the worker."""
+        if self.pseudonymise_id is None:
+            return DeadLetter(msg, reason, detail)
+        try:
+            doc = orjson.loads(msg.value) if msg.value else None
+        except orjson.JSONDecodeError:
+            doc = None
+        value, key = msg.value, msg.key
+        user = doc.get("user_id") if isinstance(doc, dict) else None
+        if isinstance(user, str) and user:
+            doc["user_id"] = self.pseudonymise_id(user)
+            session = doc.get("session_id")
+            if isinstance(session, str) and session:
+                from stream.core.pseudonyms import SESSION_SALT
+
+                doc["session_id"] = self.pseudonymise_id(SESSION_SALT + session)
+            value = orjson.dumps(doc)
+            key = doc["user_id"].encode()
+        elif key:          # not an event: its key may still be a user id
+            key = self.pseudonymise_id(key.decode("utf-8", "replace")).encode()
+        if (key, value) == (msg.key, msg.value):
+            return DeadLetter(msg, reason, detail)
+        return DeadLetter(replace(msg, key=key, value=value), reason, detail, pseudonymised=True)
 
     def _check_partition(self, user_key: bytes, msg: Message) -> None:
         if self._warned_partition or not self.partitions:

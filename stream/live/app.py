@@ -10,6 +10,7 @@ from stream.core.pipeline import Pipeline
 from stream.errors import StateStoreError
 from stream.live.batches import LiveBatches
 from stream.live.catalog_sync import start_catalog_sync
+from stream.live.faust_compat import FAUST_VIEW_SETTINGS
 from stream.live.services import Services
 from stream.live.session_store import RecoveryCounter, faust_store_options, session_table_options
 from stream.ops.topics import SESSIONS_TABLE
@@ -97,6 +98,7 @@ def faust_options(settings: Settings) -> dict[str, Any]:
         web_bind=settings.web_host,
         web_host=settings.web_host,
         web_port=settings.web_port,
+        **FAUST_VIEW_SETTINGS,                  # no Faust view: /table would serve any shopper's session
         autodiscover=False,
         key_serializer="raw",                   # shopstream (de)serialises with orjson itself
         value_serializer="raw",
@@ -113,8 +115,8 @@ def create_app(settings: Settings, services: Services) -> Any:
     """A Faust app whose agent turns events into recommendations with ``services``."""
     from stream.live.faust_compat import (SessionTable, install_batched_drain, install_bulk_restore,
                                           install_changelog_apply_guard, install_changelog_fetch_pause,
-                                          install_fetch_max_wait, install_skip_ack_guard, restore_progress,
-                                          take_batches)
+                                          install_fetch_max_wait, install_skip_ack_guard, only_own_web_pages,
+                                          restore_progress, take_batches)
     from stream.live.restore import BulkRestore
 
     install_changelog_fetch_pause()                   # a changelog Faust does not read is not fetched
@@ -124,6 +126,8 @@ def create_app(settings: Settings, services: Services) -> Any:
     install_fetch_max_wait(settings.fetch_max_wait_ms,   # from the first fetch on, not after ready
                            max_bytes=settings.fetch_max_bytes)
     app = app_class()(settings.app_id, **faust_options(settings))
+    if settings.web_enabled:
+        only_own_web_pages(app)                       # /health, /ready, /metrics and nothing else
     counter = RecoveryCounter()
     install_bulk_restore(BulkRestore(settings, min_records=settings.restore_bulk_min_records,
                                      on_records=counter.add))   # an empty partition in bulk (issue 27)

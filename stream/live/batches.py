@@ -504,6 +504,12 @@ class LiveBatches:
 
     async def _publish(self, result: BatchResult) -> None:
         sends: list[tuple[str, bytes | None, bytes | None, int | None, list | None]] = []
+        # a forgotten user's latest recommendation and hit are tombstoned, before anything this
+        # batch recommends after the request (same key, same producer: same partition, in order)
+        for user_id in dict.fromkeys(result.forgotten):
+            sends.append((self.recommendations_topic, user_id.encode(), None, None, None))
+            if self.feedback_topic:
+                sends.append((self.feedback_topic, user_id.encode(), None, None, None))
         for rec in result.recommendations:
             sends.append((self.recommendations_topic, rec["user_id"].encode(), orjson.dumps(rec), None, None))
         for dl in result.dead_letters:

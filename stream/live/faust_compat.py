@@ -16,6 +16,7 @@ loudly when the pinned versions (faust-streaming 0.15.3, aiokafka 0.14.0) stop h
 9. :func:`install_changelog_fetch_pause` -- a changelog partition Faust does not read is not fetched.
 10. :func:`install_changelog_apply_guard` -- a failed write of changelog records Faust applies loses nothing.
 11. :func:`install_bulk_restore` -- an empty sessions partition restored in bulk, not record by record.
+12. :func:`only_own_web_pages` -- the web server serves shopstream's pages and none of Faust's.
 
 True end offsets: Faust recovers a table by reading its changelog up to the end offsets that ListOffsets reports.
 tansu 0.x (the embedded broker) answers with the base offset of the partition's last record batch,
@@ -833,3 +834,22 @@ def restore_progress(app: Any) -> dict[str, dict[str, int]]:
         total = max(end - start, 0)
         out[str(tp.partition)] = {"done": min(max(now - start, 0), total), "total": total}
     return out
+
+
+# -- 12. the web server serves shopstream's pages only --------------------------------------------------
+FAUST_VIEW_SETTINGS = dict(web_tables_enabled=False,   # /table/<name>/<key>/: any shopper's session
+                           web_router_enabled=False,   # /router/: which worker holds a key, the cluster's URLs
+                           web_stats_enabled=False, web_graph_enabled=False, web_metrics_enabled=False)
+
+
+def only_own_web_pages(app: Any) -> None:
+    """Serve no built-in Faust view: only the pages the app adds (``/health``, ``/ready``, ``/metrics``).
+
+    :data:`FAUST_VIEW_SETTINGS` (public settings of faust-streaming 0.15) switch off the table,
+    router, statistics, graph and performance views; with statistics off Faust mounts its
+    "production index" at ``/`` instead, which no setting removes, so it is dropped from the
+    blueprints the web server will apply (``BlueprintManager._enabled``, before the server starts).
+    """
+    manager = app.web.blueprints
+    manager._enabled = [(prefix, bp) for prefix, bp in manager._enabled
+                        if not (isinstance(bp, str) and bp.startswith("faust.web.apps."))]

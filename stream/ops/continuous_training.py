@@ -78,8 +78,10 @@ class TrainingIds:
     def user(self, raw: str) -> str:
         return self._pseudo.user_id(raw) if self._pseudo is not None else raw
 
-    def token(self, raw: str) -> str:
-        uid = self.user(raw)
+    def token(self, raw: str, *, pseudonymous: bool = False) -> str:
+        """``raw``'s forget token; ``pseudonymous``: ``raw`` is already the pseudonym (a forget
+        request sent with pseudonymisation on)."""
+        uid = raw if pseudonymous else self.user(raw)
         return uid if self._pseudo is not None else "sha256-" + hashlib.sha256(uid.encode("utf-8")).hexdigest()
 
 
@@ -107,7 +109,7 @@ async def read_window(settings: Settings, state: LearnState, ids: TrainingIds, *
     from aiokafka import AIOKafkaConsumer
     from aiokafka.errors import KafkaError
 
-    from stream.core.control import FORGET, control_verb
+    from stream.core.control import FORGET, control_verb, key_is_pseudonym
     from stream.core.schema import EventValidator, parse_ts
     from stream.errors import BrokerError, InvalidEvent
     from stream.ops.model_log import drain, partitions_of
@@ -139,7 +141,8 @@ async def read_window(settings: Settings, state: LearnState, ids: TrainingIds, *
             verb = control_verb(m.headers)
             if verb is not None:
                 if verb == FORGET and m.key:
-                    w.forgotten_tokens.add(ids.token(m.key.decode("utf-8", "replace")))
+                    w.forgotten_tokens.add(ids.token(m.key.decode("utf-8", "replace"),
+                                                     pseudonymous=key_is_pseudonym(m.headers)))
                 return
             if m.offset < starts[tp.partition]:
                 return

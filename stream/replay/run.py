@@ -263,10 +263,11 @@ class Replay:
         from aiokafka.errors import KafkaError
 
         from stream.live.services import load_services
-        from stream.ops.topics import TopicSpec, ensure_topics
+        from stream.ops.topics import ensure_topics, output_spec
 
-        await ensure_topics(self.settings, [TopicSpec(self.output, len(ckpt.slice)),
-                                            TopicSpec(self.dead_letter_topic, len(ckpt.slice))])
+        # no forget reaches a replay's output: it is deleted within the erasure deadline
+        await ensure_topics(self.settings, [output_spec(self.settings, self.output, len(ckpt.slice)),
+                                            output_spec(self.settings, self.dead_letter_topic, len(ckpt.slice))])
         services = self.services or load_services(self.settings)
         recommender = services.recommender
         recommender.popularity = Counter(ckpt.popularity)

@@ -123,6 +123,8 @@ async def run_demo(settings: Settings, *, rate: float, limit: int | None, bad_sh
                 reason = dict(m.headers).get("shopstream.dead-letter.reason", b"?").decode()
                 echo(f"  ✗ dead-lettered ({reason}): {m.value[:60]!r}")
                 continue
+            if m.value is None:               # a forgotten shopper's tombstone
+                continue
             rec = orjson.loads(m.value)
             stats.recommendations += 1
             lag = (time.time() * 1000 - _ms(rec["event_time"])) / 1000

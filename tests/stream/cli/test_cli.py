@@ -32,6 +32,7 @@ def shopstream(*args, env=None, input=None, timeout=120):
     (["produce", "-", "--broker", "127.0.0.1:1"], {}, "cannot reach Kafka"),
     (["no-such-command"], {}, "No such command"),
     (["tail", "events"], {"SHOPSTREAM_VARIANTS": "control=pooling"}, "SHOPSTREAM_VARIANTS"),
+    (["topics", "--check"], {"SHOPSTREAM_ERASURE_DEADLINE_S": "60"}, "erasure_deadline_s"),
 ])
 def test_bad_arguments_give_one_line_not_a_traceback(args, env, needle):
     r = shopstream(*args, env=env, input=b"", timeout=90)

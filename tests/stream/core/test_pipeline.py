@@ -184,3 +184,44 @@ def test_dead_letters_are_cut_to_size_with_their_hash():
     assert h[HEADER + "original-size"] == b"2000000" and h[HEADER + "truncated"] == b"value"
     assert h[HEADER + "reason"] == b"oversized" and h[HEADER + "offset"] == b"42"
     assert len(h[HEADER + "sha256"]) == 64
+
+
+def test_nothing_from_before_a_forget_request_reaches_what_follows_it(make_pipeline, products):
+    p = make_pipeline()
+    search = {"event_id": "e1", "type": "search", "user_id": "u1", "session_id": "s-u1", "ts": TS + 1,
+              "query": "a private query", "results": [products[2]]}
+    batch = [msg(1, search), msg(2, event(2, "u1", products[0], "purchase")),
+             msg(3, b"", key=b"u1", headers=[(CONTROL_HEADER, FORGET)]), msg(4, event(4, "u1", products[1]))]
+    out = p.process(batch, Store().read)
+    [rec] = out.recommendations
+    assert rec["event_ids"] == ["e4"] and "search" not in rec
+    [write] = [w for w in out.state_writes if w.value is not None]
+    state = session_state.loads(write.value)
+    assert "a private query" not in write.value.decode() and not state["purchased"], state
+
+
+def test_with_pseudonyms_forget_requests_and_dead_letters_carry_no_raw_id(make_pipeline, products):
+    from stream.core.control import KEY_HEADER, PSEUDONYM
+    from stream.core.pseudonyms import pseudonymiser
+
+    pseudo = pseudonymiser("k")
+    p = make_pipeline(pseudonymise=pseudo, pseudonymise_id=pseudo.user_id)
+    store = Store()
+    store.apply(p.process([msg(1, event(1, "alice@example.com", products[0]))], store.read))
+    assert list(store) == [(0, pseudo.user_id("alice@example.com").encode())]
+    unknown = msg(2, event(2, "alice@example.com", "no-such-product"))
+    not_json = msg(3, b"{alice@example.com", key=b"alice@example.com")
+    forget = msg(4, b"", key=pseudo.user_id("alice@example.com").encode(),
+                 headers=[(CONTROL_HEADER, FORGET), (KEY_HEADER, PSEUDONYM)])
+    out = p.process([unknown, not_json, forget], store.read)
+    assert [w.value for w in out.state_writes] == [None]
+    store.apply(out)
+    assert not store
+    assert [d.reason for d in out.dead_letters] == ["unknown_product", "not_json"]
+    for d in out.dead_letters:
+        key, value, headers = dead_letter_record(d, 65_536)
+        assert key == pseudo.user_id("alice@example.com").encode()
+        assert (HEADER + "pseudonymised", b"user_id,session_id,key") in headers
+    known = orjson.loads(dead_letter_record(out.dead_letters[0], 65_536)[1])
+    assert known["user_id"] == pseudo.user_id("alice@example.com") and "example.com" not in known["session_id"]
+    assert known["item_id"] == "no-such-product"

@@ -12,7 +12,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[3]
 PRIVATE = re.compile(r"_current_event|\._gap\b|_fetch_max_wait_ms|_fetch_max_bytes|_highwaters|_committed_offset|\._thread\._consumer"
-                     r"|send_changelog|_key_partition|_db_for_partition")
+                     r"|send_changelog|_key_partition|_db_for_partition|blueprints\._enabled|manager\._enabled")
 
 
 def test_pinned_versions():
@@ -94,6 +94,21 @@ def test_internals_are_reached_from_one_module_only(package):
         if PRIVATE.search(path.read_text()):
             offenders.append(str(path.relative_to(REPO)))
     assert not offenders, f"Faust/aiokafka internals reached outside stream/live/faust_compat.py: {offenders}"
+
+
+def test_web_views_reach():
+    """only_own_web_pages: Faust's built-in views are the blueprints named by faust.web.apps.*, held in
+    BlueprintManager._enabled until the server applies them; every view setting we turn off exists."""
+    from faust.types.settings import Settings as FaustSettings
+    from faust.web.base import DEFAULT_BLUEPRINTS, PRODUCTION_BLUEPRINTS, BlueprintManager
+
+    from stream.live.faust_compat import FAUST_VIEW_SETTINGS
+
+    assert "self._enabled" in inspect.getsource(BlueprintManager.apply)
+    for _, bp in [*DEFAULT_BLUEPRINTS, *PRODUCTION_BLUEPRINTS]:
+        assert bp.startswith("faust.web.apps."), bp
+    for name in FAUST_VIEW_SETTINGS:
+        assert hasattr(FaustSettings, name), f"faust has no setting {name}: its view may be on"
 
 
 def test_skip_ack_reach():
