@@ -498,7 +498,7 @@ class ChaosRun:
                             h = {k: v.decode() for k, v in (m.headers or ())}
                             self.dead.setdefault(h.get(DL_HEADER + "sha256", ""), []).append(
                                 h.get(DL_HEADER + "reason", "?"))
-                        else:
+                        elif m.value is not None:        # (a tombstone: a forgotten shopper)
                             self.report.recommendations += 1
                             self.reflected.update(orjson.loads(m.value)["event_ids"])
         finally:

@@ -58,6 +58,8 @@ class Storefront:
         batch = await self.consumer.getmany(timeout_ms=int(seconds * 1000))
         for msgs in batch.values():
             for m in msgs:
+                if m.value is None:              # a tombstone: a forget request reached the shopper
+                    continue
                 rec = orjson.loads(m.value)
                 for eid in rec["event_ids"]:
                     self.recs[eid] = rec
