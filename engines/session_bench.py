@@ -2,7 +2,7 @@
 backend's run, the copy back) for each batch size, over real shoppers' sessions.
 
 ``shopstream bench session`` prints it; the GPU figures in docs/benchmarks.md come from the same
-function run on a lent GPU.
+function run on an NVIDIA H100.
 """
 from __future__ import annotations
 

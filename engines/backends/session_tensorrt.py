@@ -2,9 +2,9 @@
 
 Written to the TensorRT 10 Python API (``build_serialized_network``, named I/O tensors,
 ``set_input_shape`` / ``set_tensor_address`` / ``execute_async_v3``), device buffers from torch,
-like the text encoder's ``engines.backends.tensorrt``. NOT RUN in this project's environments:
-TensorRT cannot be installed here (NVIDIA's index is unreachable, and the wheels are larger than
-what travels to the lent GPU); the tests that need it are skipped with that reason.
+like the text encoder's ``engines.backends.tensorrt``. Never run: TensorRT could not be installed
+where the project is verified (NVIDIA's package index is unreachable there); the tests that need
+it are skipped with that reason.
 
 Build step, explicit (serving never builds): :func:`build_session_plan` writes
 ``session_encoder.trt<version>.sm<cc>.<precision>.plan`` into a folder (the artifact's own, or

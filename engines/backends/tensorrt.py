@@ -2,9 +2,9 @@
 
 Written to the TensorRT 10 Python API (``build_serialized_network``, named I/O tensors,
 ``set_input_shape`` / ``set_tensor_address`` / ``execute_async_v3``), device buffers from torch.
-NOT RUN in this project's environments: TensorRT cannot be installed here (NVIDIA's package index
-is unreachable and the wheels are far larger than what travels to the lent GPU). See
-docs/engines.md for exactly what was and was not verified.
+Never run: TensorRT could not be installed where the project is verified (its wheels come from
+NVIDIA's package index, which is unreachable there). See docs/engines.md for exactly what is and
+is not verified.
 
 Build (``shopstream engine build --backend tensorrt``): parse the ONNX file, one optimisation
 profile per sequence-length bucket (batch 1..max, tuned at ``opt_batch``), fp16 and/or int8 flags,

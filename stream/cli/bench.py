@@ -27,7 +27,8 @@ def register(cli: click.Group) -> None:
                   help="Shoppers the real Online Retail shoppers are folded into; equal to --events: "
                        "every event a different shopper (the worst case for session writes).")
     @click.option("--ceiling/--no-ceiling", default=True, show_default=True,
-                  help="First measure a plain aiokafka forwarder through the same broker and partitions.")
+                  help="First measure the driver alone (producing into a topic and counting it back) and a "
+                       "plain aiokafka forwarder through the same broker and partitions: the ceiling.")
     @click.option("--bad-share", type=click.FloatRange(0, 0.5), default=0.01, show_default=True)
     @click.option("--partitions", type=click.IntRange(min=1), default=4, show_default=True)
     @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,

@@ -65,52 +65,240 @@ def _event_id_of_copy(value: bytes) -> list[str]:
         return []
 
 
+def _prepared(settings: Settings, events, partitions: int) -> list[tuple[bytes, int, bytes, str | None]]:
+    """Each event as (key, partition, payload, event id): the payload serialised before any clock
+    starts; a valid event's payload ends in ``"ts":`` and gets its send time (ms) and ``}`` at send."""
+    from stream.core.partitioner import partition_for
+
+    out = []
+    for key, value in events:
+        part = partition_for(settings.partitioner, key, partitions)
+        if isinstance(value, dict):
+            body = {k: v for k, v in value.items() if k != "ts"}
+            out.append((key, part, orjson.dumps(body)[:-1] + b',"ts":', value["event_id"]))
+        else:
+            out.append((key, part, value, None))
+    return out
+
+
+SEND_CHUNK = 1000      # events stamped with one send time and appended to the batches at once
+
+
+async def _send_all(producer, topic: str, prepared, sent_at: dict[str, float], bar) -> None:
+    """As fast as the broker takes them: events appended straight to one record batch per partition
+    (no per-message send coroutine), each full batch handed over without waiting for its delivery;
+    all deliveries awaited at the end."""
+    builders: dict[int, object] = {}
+    pending: list = []
+    for start in range(0, len(prepared), SEND_CHUNK):
+        now = time.time()
+        stamp = b"%d}" % int(now * 1000)
+        for key, part, payload, eid in prepared[start:start + SEND_CHUNK]:
+            if eid is not None:
+                payload += stamp
+                sent_at[eid] = now
+            builder = builders.get(part)
+            if builder is None:
+                builder = builders[part] = producer.create_batch()
+            if builder.append(key=key, value=payload, timestamp=None) is None:
+                pending.append(await producer.send_batch(builder, topic, partition=part))
+                builder = builders[part] = producer.create_batch()
+                builder.append(key=key, value=payload, timestamp=None)
+        for part, builder in list(builders.items()):    # each chunk leaves at once, not at the end
+            if builder.record_count():
+                pending.append(await producer.send_batch(builder, topic, partition=part))
+        builders.clear()
+        if bar is not None:
+            bar.update(min(SEND_CHUNK, len(prepared) - start))
+        await asyncio.sleep(0)
+    await asyncio.gather(*pending)
+
+
+async def _send_at_rate(producer, topic: str, prepared, rate: float, sent_at: dict[str, float], bar) -> None:
+    """One event at a time at ``rate`` events/s, each stamped as it is sent (the latency runs)."""
+    t_start = time.time()
+    interval = 1.0 / rate
+    pending = []
+    for i, (key, part, payload, eid) in enumerate(prepared):
+        due = t_start + i * interval
+        now = time.time()
+        if due > now:
+            await asyncio.sleep(due - now)
+            now = time.time()
+        if eid is not None:
+            payload += b"%d}" % int(now * 1000)
+            sent_at[eid] = now
+        pending.append(await producer.send(topic, payload, key=key, partition=part))
+        if bar is not None and i % 500 == 0:
+            bar.update(min(500, len(prepared) - bar.n))
+    await asyncio.gather(*pending)
+
+
+async def _count_arrivals(settings: Settings, topic: str, expected: int, timeout_s: float) -> float | None:
+    """When ``expected`` messages have reached ``topic`` (fresh, so its offsets start at 0): the
+    time of the fetch that brought the last. Fetches read only record batch headers -- a batch's
+    next offset -- not the records in them, so counting costs the driver next to nothing; the
+    messages themselves are read once, after the clock stops."""
+    from aiokafka import TopicPartition
+    from aiokafka.client import AIOKafkaClient
+    from aiokafka.protocol.fetch import FetchRequest
+    from aiokafka.record.memory_records import MemoryRecords
+
+    client = AIOKafkaClient(bootstrap_servers=settings.bootstrap_servers, **settings.kafka_client_options())
+    await client.bootstrap()
+    try:
+        await client.add_topic(topic)
+        parts = sorted(client.cluster.partitions_for_topic(topic) or ())
+        if not parts:
+            raise RuntimeError(f"topic {topic} has no partitions the broker reports")
+        position = {p: 0 for p in parts}
+        by_node: dict[int, list[int]] = {}
+        for p in parts:
+            by_node.setdefault(client.cluster.leader_for_partition(TopicPartition(topic, p)), []).append(p)
+        deadline = time.time() + timeout_s
+
+        async def fetch(node: int, node_parts: list[int]) -> None:
+            req = FetchRequest(settings.fetch_max_wait_ms, 1, 64 * 1048576, 0,
+                               [(topic, [(p, position[p], 16 * 1048576) for p in node_parts])])
+            response = await client.send(node, req)
+            for _, partitions in response.topics:
+                for partition, error_code, _highwater, *rest in partitions:
+                    if error_code:                    # e.g. the topic's leader not elected yet: ask again
+                        await asyncio.sleep(0.05)
+                        continue
+                    records = MemoryRecords(rest[-1] or b"")
+                    while (batch := records.next_batch()) is not None:
+                        position[partition] = max(position[partition], batch.next_offset)
+
+        while time.time() < deadline:
+            await asyncio.gather(*(fetch(node, ps) for node, ps in by_node.items()))
+            if sum(position.values()) >= expected:
+                return time.time()
+        return None
+    finally:
+        await client.close()
+
+
+async def _read_ids(settings: Settings, topic: str, expected: int) -> list[str]:
+    """The event ids of the first ``expected`` messages of ``topic``, read from its start."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.bootstrap_servers, group_id=None,
+                                auto_offset_reset="earliest", fetch_max_wait_ms=settings.fetch_max_wait_ms,
+                                max_partition_fetch_bytes=4 * 1048576, **settings.kafka_client_options())
+    await consumer.start()
+    ids: list[str] = []
+    seen = 0
+    try:
+        deadline = time.time() + 60
+        while seen < expected and time.time() < deadline:
+            for msgs in (await consumer.getmany(timeout_ms=200, max_records=20000)).values():
+                seen += len(msgs)
+                for m in msgs:
+                    ids.extend(_event_id_of_copy(m.value))
+    finally:
+        await consumer.stop()
+    return ids
+
+
+async def _drive_copies(settings: Settings, events, out_topic: str) -> dict:
+    """Send ``events`` to the events topic as fast as the broker takes them and time their copies'
+    arrival on ``out_topic`` (a fresh topic every message reaches once: the events topic itself for
+    the driver alone, or a forwarder's output). Only throughput is timed; ids are checked after."""
+    from aiokafka import AIOKafkaProducer
+
+    valid = {v["event_id"] for _, v in events if isinstance(v, dict)}
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, max_batch_size=262144,
+                                **settings.kafka_client_options())
+    await producer.start()
+    try:
+        partitions = await producer.partitions_for(settings.events_topic)
+        prepared = _prepared(settings, events, len(partitions))
+        sent_at: dict[str, float] = {}
+        counter = asyncio.create_task(_count_arrivals(settings, out_topic, len(events),
+                                                      timeout_s=max(60.0, len(events) / 500)))
+        t_start = time.time()
+        await _send_all(producer, settings.events_topic, prepared, sent_at, None)
+        t_sent = time.time()
+        t_last = await counter
+    finally:
+        await producer.stop()
+    ids = await _read_ids(settings, out_topic, len(events))
+    reflected = valid.intersection(ids)
+    elapsed = (t_last or time.time()) - t_start
+    return {"events_valid": len(valid), "events_malformed": len(events) - len(valid),
+            "send_seconds": round(t_sent - t_start, 3), "elapsed_seconds": round(elapsed, 3),
+            "events_per_second": round(len(events) / elapsed, 1) if t_last else None,
+            "reflected": len(reflected), "missing": len(valid) - len(reflected),
+            "unexpected": sum(1 for i in ids if i not in valid)}
+
+
 async def _drive(settings: Settings, events, rate: float | None, progress: bool, *,
                  out_topic: str | None = None, ids_of=_event_ids_of_recommendation,
                  count_bad_on: str | None = "dead-letters") -> dict:
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    """Send ``events`` to the events topic and time their arrival on ``out_topic``, listed by id in
+    the recommendations there (latency per event, sustained events/s).
 
-    from stream.core.partitioner import aiokafka_partitioner
+    The driver must not be what limits a run: payloads are serialised before the clock starts and
+    sent a record batch at a time (or one by one at ``rate``); what arrives is kept as raw bytes
+    with its arrival time and read for its ids in bulk a few times a second."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
     valid = {v["event_id"] for _, v in events if isinstance(v, dict)}
     bad = sum(1 for _, v in events if not isinstance(v, dict))
     sent_at: dict[str, float] = {}
     latency: dict[str, float] = {}
-    seen_other = 0
+    arrived: list[tuple[float, list[bytes]]] = []   # (arrival time, values) not yet read
+    unexpected = 0
     dead = 0
+    last_arrival = 0.0
     out_topic = out_topic or settings.recommendations_topic
-    topics = [out_topic] + ([settings.dead_letter_topic] if count_bad_on else [])
+    dlq = settings.dead_letter_topic if count_bad_on else None
+    topics = [out_topic] + ([dlq] if dlq else [])
     consumer = AIOKafkaConsumer(*topics,
                                 bootstrap_servers=settings.bootstrap_servers, fetch_max_wait_ms=settings.fetch_max_wait_ms, group_id=None,
-                                auto_offset_reset="latest", **settings.kafka_client_options())
+                                auto_offset_reset="latest", max_partition_fetch_bytes=4 * 1048576,
+                                **settings.kafka_client_options())
     await consumer.start()
     await consumer.seek_to_end()
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=5,
-                                max_batch_size=262144, partitioner=aiokafka_partitioner(settings.partitioner),
-                                **settings.kafka_client_options())
+                                max_batch_size=262144, **settings.kafka_client_options())
     await producer.start()
-    await producer.partitions_for(settings.events_topic)   # not at the first timed send (it held ~0.5 s of events)
+    partitions = await producer.partitions_for(settings.events_topic)
+    prepared = _prepared(settings, events, len(partitions))
     done = asyncio.Event()
-    last_arrival = [0.0]
+
+    def read_arrived() -> None:
+        nonlocal unexpected, last_arrival
+        for now, values in arrived:
+            for value in values:
+                new = False
+                for eid in ids_of(value):
+                    if eid in sent_at and eid not in latency:
+                        latency[eid] = now - sent_at[eid]
+                        new = True
+                    elif eid not in valid:
+                        unexpected += 1
+                if new:
+                    last_arrival = max(last_arrival, now)
+        arrived.clear()
 
     async def consume() -> None:
-        nonlocal seen_other, dead
+        nonlocal dead
+        last_read = 0.0
         while not done.is_set():
-            batch = await consumer.getmany(timeout_ms=100, max_records=5000)
+            batch = await consumer.getmany(timeout_ms=100, max_records=20000)
             now = time.time()
             for tp, msgs in batch.items():
-                for m in msgs:
-                    if m.topic == settings.dead_letter_topic:
-                        dead += 1
-                        continue
-                    for eid in ids_of(m.value):
-                        if eid in sent_at and eid not in latency:
-                            latency[eid] = now - sent_at[eid]
-                        elif eid not in valid:
-                            seen_other += 1
-                    last_arrival[0] = now
-            if len(latency) >= len(valid) and (dead >= bad or not count_bad_on):
-                done.set()
+                if tp.topic == dlq:
+                    dead += len(msgs)
+                else:
+                    arrived.append((now, [m.value for m in msgs]))
+            if now - last_read >= 0.25 or not batch:
+                read_arrived()
+                last_read = now
+                if len(latency) >= len(valid) and (dead >= bad or not count_bad_on):
+                    done.set()
 
     consumer_task = asyncio.create_task(consume())
     bar = None
@@ -119,24 +307,10 @@ async def _drive(settings: Settings, events, rate: float | None, progress: bool,
 
         bar = tqdm(total=len(events), desc="events sent", unit="ev")
     t_start = time.time()
-    interval = 1.0 / rate if rate else 0.0
-    for i, (key, value) in enumerate(events):
-        now = time.time()
-        if rate:
-            due = t_start + i * interval
-            if due > now:
-                await asyncio.sleep(due - now)
-                now = time.time()
-        if isinstance(value, dict):
-            value["ts"] = int(now * 1000)
-            sent_at[value["event_id"]] = now
-            raw = orjson.dumps(value)
-        else:
-            raw = value
-        await producer.send(settings.events_topic, raw, key=key)
-        if bar is not None and i % 500 == 0:
-            bar.update(min(500, len(events) - bar.n))
-    await producer.flush()
+    if rate:
+        await _send_at_rate(producer, settings.events_topic, prepared, rate, sent_at, bar)
+    else:
+        await _send_all(producer, settings.events_topic, prepared, sent_at, bar)
     t_sent = time.time()
     if bar is not None:
         bar.update(len(events) - bar.n)
@@ -149,11 +323,11 @@ async def _drive(settings: Settings, events, rate: float | None, progress: bool,
     await consumer_task
     await producer.stop()
     await consumer.stop()
+    read_arrived()
     lat = np.array(list(latency.values())) * 1000 if latency else np.zeros(1)
     # the same without the first second: a new worker's first batches run cold (query cache, models)
     steady = np.array([v for e, v in latency.items() if sent_at[e] - t_start >= 1.0]) * 1000
-    steady = steady if steady.size else np.zeros(1)
-    elapsed = (last_arrival[0] or time.time()) - t_start
+    elapsed = (last_arrival or time.time()) - t_start
     return {
         "events_valid": len(valid), "events_malformed": bad,
         "offered_rate": rate, "send_seconds": round(t_sent - t_start, 3),
@@ -163,10 +337,29 @@ async def _drive(settings: Settings, events, rate: float | None, progress: bool,
                        "p99": round(float(np.percentile(lat, 99)), 1), "max": round(float(lat.max()), 1)},
         "latency_after_first_second_ms": {"p50": round(float(np.percentile(steady, 50)), 1),
                                           "p99": round(float(np.percentile(steady, 99)), 1),
-                                          "max": round(float(steady.max()), 1)},
+                                          "max": round(float(steady.max()), 1)} if steady.size else None,
         "reflected": len(latency), "dead_lettered": dead, "missing": len(valid) - len(latency),
-        "unexpected": seen_other,
+        "unexpected": unexpected,
     }
+
+
+def _wait_for_line(path: Path, line: bytes, proc, timeout: float = 60.0) -> None:
+    deadline = time.time() + timeout
+    while line not in path.read_bytes():
+        if proc.poll() is not None or time.time() > deadline:
+            raise RuntimeError(f"the forwarder did not get ready; see {path}")
+        time.sleep(0.05)
+
+
+def measure_driver(settings: Settings, events, run_id: str) -> dict:
+    """The driver alone: the same messages produced into a topic and counted straight back from it,
+    no forwarder between. It must move events several times faster than the forwarder, or the
+    ceiling below is the driver's, not the broker's."""
+    from stream.ops.topics import TopicSpec, ensure_topics
+
+    topic = f"driver-{run_id}"
+    asyncio.run(ensure_topics(settings, [TopicSpec(topic, settings.partitions)]))
+    return asyncio.run(_drive_copies(settings.replace(events_topic=topic), events, out_topic=topic))
 
 
 def measure_ceiling(settings: Settings, events, run_id: str, data_dir: Path) -> dict:
@@ -187,10 +380,8 @@ def measure_ceiling(settings: Settings, events, run_id: str, data_dir: Path) -> 
                              source, target, f"ceiling-{run_id}"], stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True, preexec_fn=die_with_parent)
     try:
-        time.sleep(3.0)                 # joined its group before anything is sent
-        valid_copies = [(k, dict(v)) if isinstance(v, dict) else (k, v) for k, v in events]
-        return asyncio.run(_drive(settings.replace(events_topic=source), valid_copies, None, False,
-                                  out_topic=target, ids_of=_event_id_of_copy, count_bad_on=None))
+        _wait_for_line(data_dir / "logs" / f"bench-forwarder-{run_id}.log", b"forwarder ready", proc)
+        return asyncio.run(_drive_copies(settings.replace(events_topic=source), events, out_topic=target))
     finally:
         stop_process(proc)
         log.close()
@@ -242,6 +433,7 @@ def run_e2e_bench(*, n_events: int, rate: float | None, users: int | None = None
         encoder = load_text_encoder(settings)
         events = scripted_events(n_events, index, encoder, bad_share, run_id, users)
         encoder.close()
+        driver = measure_driver(settings, events, run_id) if with_ceiling else None
         ceiling = measure_ceiling(settings, events, run_id, data_dir) if with_ceiling else None
         asyncio.run(ensure_topics(settings))
         ports = [settings.web_port] + [free_port() for _ in range(workers - 1)]
@@ -255,8 +447,12 @@ def run_e2e_bench(*, n_events: int, rate: float | None, users: int | None = None
         _wait_group_ready(ports, procs)
         result = asyncio.run(_drive(settings, events, rate, progress))
         if ceiling is not None:
+            result["driver_events_per_second"] = driver["events_per_second"]
+            result["driver_missing"] = driver["missing"]
             result["ceiling_events_per_second"] = ceiling["events_per_second"]
             result["ceiling_missing"] = ceiling["missing"]
+            if driver["events_per_second"] and ceiling["events_per_second"]:
+                result["driver_over_ceiling"] = round(driver["events_per_second"] / ceiling["events_per_second"], 2)
             if ceiling["events_per_second"] and result["events_per_second"]:
                 result["fraction_of_ceiling"] = round(result["events_per_second"] / ceiling["events_per_second"], 3)
         result.update(users=users, machine=_machine(), encoder_artifact=str(settings.encoder_artifact or ""),
@@ -280,10 +476,13 @@ def render(r: dict) -> None:
                f"{r['index_products']} products)")
     click.echo(f"offered load       {r['offered_rate'] or 'max'} events/s; sent in {r['send_seconds']} s")
     click.echo(f"sustained          {r['events_per_second']} events/s over {r['elapsed_seconds']} s")
+    if r.get("driver_events_per_second"):
+        click.echo(f"driver alone       {r['driver_events_per_second']} events/s (produced into a topic and counted "
+                   f"straight back; {r['driver_missing']} missing): {r.get('driver_over_ceiling', 0)}x the ceiling")
     if r.get("ceiling_events_per_second"):
         click.echo(f"broker ceiling     {r['ceiling_events_per_second']} events/s (plain aiokafka group forwarding "
-                   f"each message, same broker, partitions and messages): shopstream at "
-                   f"{r.get('fraction_of_ceiling', 0):.0%} of it")
+                   f"each message, same broker, partitions and messages; {r['ceiling_missing']} missing): "
+                   f"shopstream at {r.get('fraction_of_ceiling', 0):.1%} of it")
     click.echo(f"latency (ms)       p50 {lat['p50']}  p95 {lat['p95']}  p99 {lat['p99']}  max {lat['max']}")
     st = r.get("latency_after_first_second_ms")
     if st:

@@ -5,6 +5,9 @@ No Faust, no model, no state: what the broker, the client library and this machi
 broker and partition count, with the same messages, and prints shopstream's fraction of it.
 
     python -m stream.tools.forwarder BROKER IN_TOPIC OUT_TOPIC GROUP
+
+It prints ``forwarder ready`` once it holds its partitions and knows the output topic's, so that
+a timed run starts with it warm, as a worker's starts after ``/ready``.
 """
 from __future__ import annotations
 
@@ -21,6 +24,10 @@ async def forward(broker: str, source: str, target: str, group: str, fetch_max_w
     producer = AIOKafkaProducer(bootstrap_servers=broker, linger_ms=5, acks=-1, max_batch_size=262144)
     await consumer.start()
     await producer.start()
+    await producer.partitions_for(target)
+    while not consumer.assignment():
+        await consumer.getmany(timeout_ms=100)
+    print("forwarder ready", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -1,7 +1,8 @@
 """Engine artifacts built once per test session, by the real CLI, from the real weights.
 
-On a lent GPU machine without the catalogue's dependencies, SHOPSTREAM_TEST_TEXTS (titles, one a
-line) and SHOPSTREAM_TEST_MODEL_DIR (a weights folder) let the `gpu` tests run from a carried copy.
+On a GPU machine without the catalogue's dependencies, SHOPSTREAM_TEST_TEXTS (titles, one a
+line) and SHOPSTREAM_TEST_MODEL_DIR (a weights folder) let the `gpu` tests run from a copy made by
+``python -m engines.gpu_check prepare``.
 """
 from __future__ import annotations
 
