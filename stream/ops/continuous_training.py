@@ -287,7 +287,7 @@ def _train_and_compare(settings: Settings, events: list[dict], default, registry
               "train_config": config_dict(cfg), "history": result.history, "best_epoch": result.best_epoch,
               "valid": result.best_valid, "train_seconds": round(result.seconds, 1), "privacy": result.privacy}
     save_artifact(result.model, staging / "model", text_model_version=text_version, record=record,
-                  kinds_seen=data.kinds_seen(), uses_time=data.has_clock())
+                  kinds_seen=data.kinds_seen(), uses_time=data.has_clock(), item_ids=data.item_ids)
     n = data.n_items
     if base is not None:
         serving_method = TrainedEncoder(load_session_encoder(base, backend="torch", precision="fp32"), vecs, n,
@@ -358,7 +358,7 @@ def _build_index(settings: Settings, artifact: Path, out: Path, products, data, 
     enc = load_session_encoder(artifact, backend="torch", precision="fp32")
     by_text = {t: i for i, t in enumerate(data.texts[:data.n_items])}
 
-    def encode(texts):
+    def encode(texts, ids=None):
         rows = [by_text.get(t) for t in texts]
         if any(r is None for r in rows):
             from stream.live.services import load_text_encoder
@@ -370,8 +370,11 @@ def _build_index(settings: Settings, artifact: Path, out: Path, products, data, 
                 text.close()
         else:
             tv = vecs[rows]
-        return enc.item_vectors(tv)
+        return enc.item_vectors(tv, item_ids=ids)      # id vectors of the products it was trained on
 
-    model_version = f"{text_version}+items:{enc.items_version}"
+    encode.takes_ids = True
+    from stream.live.services import product_space_version
+
+    model_version = product_space_version(text_version, enc)
     index = build_index(products, encode, dim=enc.dim, model_version=model_version, kind=settings.index_kind)
     return save_snapshot(index, out, source="shopstream learn")
