@@ -93,6 +93,8 @@ class Settings:
     feedback_horizon_events: int = 20        # a recommendation can earn a hit within this many later events
     feedback_horizon_s: float = 1800.0       # ... and this much event time
     follow_models: bool = True               # without variants: serve the models topic's default and candidate
+    # -- training (`shopstream train` without recipe flags: learn.recipes) --------------------------
+    train_budget_minutes: float = 30.0       # wall minutes (on --threads) to train every recipe and keep the best
     # -- continuous training (`shopstream learn`, stream.ops.continuous_training) -------------------
     learn_window_events: int = 200_000       # train on at most the newest this many events of the events topic
     learn_window_s: float = 0.0              # and (when > 0) only those produced in the last this many seconds
@@ -139,6 +141,8 @@ class Settings:
             bad(f"model_threads must not be negative (0: every core), got {self.model_threads}")
         if not 0.0 <= self.search_blend <= 1.0:
             bad(f"search_blend must be between 0 and 1, got {self.search_blend}")
+        if not self.train_budget_minutes > 0:
+            bad(f"train_budget_minutes must be positive, got {self.train_budget_minutes}")
         if self.session_ttl_s <= 0:
             bad("session_ttl_s must be positive")
         if self.index_kind not in ("auto", "flat", "hnsw", "ivf"):
