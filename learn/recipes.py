@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from learn.train import TrainConfig, TrainResult, train
 
@@ -105,9 +106,42 @@ def choose_recipe(data, text_vecs, split, base: TrainConfig, *, budget_minutes: 
 
 def learning_recipe(manifest: dict | None) -> dict:
     """The TrainConfig fields ``shopstream learn`` continues a serving model with: the recipe
-    ``shopstream train`` chose (or was given) for it, as its manifest records; nothing for a model
-    without a record (learn's own defaults)."""
-    if not manifest:
-        return {}
+    ``shopstream train`` chose for it on validation, as its manifest records; nothing for a model
+    whose recipe was given or not recorded (learn's own schedule then)."""
+    if not manifest or (manifest.get("recipe") or {}).get("fold") != "valid":
+        return {}          # not chosen by the search: learn's own schedule
     cfg = manifest.get("train_config") or {}
     return {k: cfg[k] for k in ("dropout", "lr", "lr_schedule", "weight_decay") if k in cfg}
+
+
+def continue_from(artifact, data, base: TrainConfig) -> tuple[TrainConfig, object | None]:
+    """The configuration and starting weights ``shopstream learn`` trains with on ``data``: ``base``
+    (learn's schedule) with the serving model's architecture and the recipe ``shopstream train``
+    chose for it (:func:`learning_recipe`). A model with id vectors continues as one, its id rows
+    renumbered to ``data``'s products: a product it knew keeps its vector, a new one starts at zero
+    (its title alone). No artifact: ``base`` from scratch."""
+    if artifact is None:
+        return base, None
+    import torch
+
+    from engines.session_model import ITEM_IDS, load_torch_model, read_manifest
+    from engines.session_network import SessionTransformer
+
+    old = load_torch_model(artifact)
+    arch = {k: v for k, v in old.cfg.to_dict().items() if k not in ("text_dim", "item_ids")}
+    cfg = dataclasses.replace(base, **{**arch, **learning_recipe(read_manifest(artifact)),
+                                       "id_embeddings": bool(old.cfg.item_ids)})
+    if not old.cfg.item_ids:
+        return cfg, old
+    model = SessionTransformer(cfg.model_config(old.cfg.text_dim, data.n_items))
+    state = old.state_dict()
+    row = {pid: i for i, pid in enumerate((Path(artifact) / ITEM_IDS).read_text(encoding="utf-8").splitlines())}
+    pairs = [(j, row[pid]) for j, pid in enumerate(data.item_ids) if pid in row]
+    weight = torch.zeros(data.n_items, old.cfg.text_dim)
+    if pairs:
+        new, was = (list(x) for x in zip(*pairs))
+        weight[new] = state["id_emb.weight"][was]
+    state["id_emb.weight"] = weight
+    model.load_state_dict(state)
+    log.info("learn continues %s with id vectors: %d of %d products known to it", artifact, len(pairs), data.n_items)
+    return cfg, model

@@ -244,12 +244,12 @@ def _train_and_compare(settings: Settings, events: list[dict], default, registry
 
     from engines.session_model import (
         load_session_encoder,
-        load_torch_model,
         read_manifest,
         save_artifact,
     )
     from learn.data import events_to_interactions
     from learn.evaluate import Pooling, TrainedEncoder, evaluate
+    from learn.recipes import continue_from
     from learn.split import leave_one_out
     from learn.train import TrainConfig, config_dict, train
     from stream.cli.evaluate import text_vectors_for
@@ -272,15 +272,11 @@ def _train_and_compare(settings: Settings, events: list[dict], default, registry
         return out
     vecs, text_version = text_vectors_for(data, settings, progress=progress)
     base = serving_artifact(settings, default)
-    init = load_torch_model(base) if base is not None else None
-    arch = {k: v for k, v in (init.cfg.to_dict() if init is not None else {}).items() if k not in ("text_dim", "item_ids")}
-    if init is not None and getattr(init.cfg, "item_ids", 0):
-        # id vectors are numbered by the training catalogue of that model; this window's differs
-        out["reason"] = f"the serving model {base} has product id vectors: a warm start needs a title-only model"
-        return out
-    cfg = TrainConfig(**arch, epochs=settings.learn_epochs, patience=settings.learn_epochs, lr=1e-3,
-                      max_minutes=settings.learn_max_minutes, threads=threads, seed=0,
-                      dp_epsilon=settings.dp_epsilon or None, dp_delta=settings.dp_delta)
+    # the serving model's architecture and chosen recipe; an id model's rows follow the products
+    cfg, init = continue_from(base, data, TrainConfig(epochs=settings.learn_epochs, patience=settings.learn_epochs,
+                                                      lr=1e-3, max_minutes=settings.learn_max_minutes, threads=threads,
+                                                      seed=0, dp_epsilon=settings.dp_epsilon or None,
+                                                      dp_delta=settings.dp_delta))
     result = train(data, vecs, split, cfg, init=init, progress=progress)
     staging = registry / f".staging-{int(time.time() * 1000)}"
     record = {"trained_on": data.summary(), "continued_from": str(base) if base else None,

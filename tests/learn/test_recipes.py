@@ -74,3 +74,36 @@ def test_train_without_flags_chooses_on_validation_and_never_reads_the_test_fold
     t1 = re.search(r"^\| trained:a \|.*$", out1, re.M).group(0).split("|")[2:]
     t2 = re.search(r"^\| trained:b \|.*$", out2, re.M).group(0).split("|")[2:]
     assert t1 != t2, (out1, out2)
+
+
+def test_learn_continues_an_id_model_with_its_rows_renumbered(tmp_path):
+    """``shopstream learn`` keeps a serving id model's id vectors for the products it knew, whatever
+    their number in the new window's catalogue, and starts new products at zero (title alone)."""
+    import torch
+
+    from engines.session_model import save_artifact
+    from learn.data import load_online_retail, most_popular_slice
+    from learn.recipes import continue_from
+    from learn.split import leave_one_out
+    from learn.train import TrainConfig, train
+
+    full = load_online_retail(SAMPLE)
+    old_data = most_popular_slice(full, 30, min_length=3, max_users=150)
+    new_data = most_popular_slice(full, 45, min_length=3, max_users=150)
+    rng = np.random.default_rng(0)
+    vecs = {pid: v / np.linalg.norm(v) for pid, v in zip(full.item_ids, rng.normal(size=(full.n_items, 16)))}
+    text = lambda d: np.stack([vecs[p] for p in d.item_ids]).astype(np.float32)  # noqa: E731
+    small = dict(d_model=16, layers=1, heads=1, ffn=32, item_hidden=32, batch_size=64, threads=1, seed=0)
+    first = train(old_data, text(old_data), leave_one_out(old_data),
+                  TrainConfig(**small, item_tower=False, id_embeddings=True, epochs=1, patience=1), progress=False)
+    art = save_artifact(first.model, tmp_path / "serving", text_model_version="t", record={},
+                        item_ids=old_data.item_ids)
+    cfg, init = continue_from(art, new_data, TrainConfig(**small, epochs=1, patience=1))
+    assert cfg.id_embeddings and not cfg.item_tower and init.cfg.item_ids == new_data.n_items
+    old_rows = first.model.id_emb.weight.detach()
+    for j, pid in enumerate(new_data.item_ids):
+        want = old_rows[old_data.item_ids.index(pid)] if pid in old_data.item_ids else torch.zeros(16)
+        assert torch.equal(init.id_emb.weight[j].detach(), want), pid
+    assert any(p not in old_data.item_ids for p in new_data.item_ids)
+    again = train(new_data, text(new_data), leave_one_out(new_data), cfg, init=init, progress=False)
+    assert again.best_valid["ndcg@10"] > 0
