@@ -1,4 +1,4 @@
-"""Choose how to train on the validation fold: a few recipes, each trained within a share of a time
+"""Choose how to train on the validation fold: a few recipes, each trained within a share of a CPU
 budget, the best validation NDCG@10 wins.
 
 A recipe is a set of :class:`learn.train.TrainConfig` fields: with or without product id vectors
@@ -77,16 +77,15 @@ class Choice:
 
 def choose_recipe(data, text_vecs, split, base: TrainConfig, *, budget_minutes: float,
                   recipes: tuple[Recipe, ...] = RECIPES, progress: bool = False, echo=log.info) -> Choice:
-    """Train each recipe within ``budget_minutes / len(recipes)`` (wall clock, on ``base.threads``
-    threads) and keep the one with the best validation NDCG@10 (the first on a tie).
-
-    Only ``split.train`` and ``split.valid`` are read."""
+    """Train each recipe within ``budget_minutes / len(recipes)`` CPU minutes (this process, all
+    ``base.threads`` threads: the same share of work on an idle or a loaded machine) and keep the
+    one with the best validation NDCG@10 (the first on a tie). Only ``split.train`` and ``split.valid`` are read."""
     if budget_minutes <= 0:
         raise ValueError("the recipe budget must be positive")
     share = budget_minutes / len(recipes)
     trials, best, best_result = [], None, None
     for recipe in recipes:
-        cfg = recipe.config(base, max_minutes=share)
+        cfg = recipe.config(base, max_cpu_minutes=share)
         t0, c0 = time.perf_counter(), time.process_time()
         result = train(data, text_vecs, split, cfg, progress=progress)
         trial = {"recipe": recipe.name, "fields": recipe.fields, "epochs_run": len(result.history),
@@ -96,7 +95,8 @@ def choose_recipe(data, text_vecs, split, base: TrainConfig, *, budget_minutes: 
                  "recall@10": round(float(result.best_valid["recall@10"]), 5) if result.best_valid else None}
         trials.append(trial)
         echo(f"  {recipe.name:<16} valid NDCG@10 {trial['ndcg@10']:.4f} Recall@10 {trial['recall@10']:.4f} "
-             f"({trial['epochs_run']} epochs, best {trial['best_epoch']}, {trial['seconds']:.0f}s)")
+             f"({trial['epochs_run']} epochs, best {trial['best_epoch']}, {trial['cpu_seconds']:.0f} CPU s, "
+             f"{trial['seconds']:.0f} s)")
         if trial["ndcg@10"] is not None and (best is None or trial["ndcg@10"] > best[1]):
             best, best_result = (recipe, trial["ndcg@10"]), result
     if best is None:

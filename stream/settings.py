@@ -94,7 +94,7 @@ class Settings:
     feedback_horizon_s: float = 1800.0       # ... and this much event time
     follow_models: bool = True               # without variants: serve the models topic's default and candidate
     # -- training (`shopstream train` without recipe flags: learn.recipes) --------------------------
-    train_budget_minutes: float = 30.0       # wall minutes (on --threads) to train every recipe and keep the best
+    train_budget_minutes: float = 30.0       # CPU minutes (all threads) to train every recipe and keep the best
     # -- continuous training (`shopstream learn`, stream.ops.continuous_training) -------------------
     learn_window_events: int = 200_000       # train on at most the newest this many events of the events topic
     learn_window_s: float = 0.0              # and (when > 0) only those produced in the last this many seconds

@@ -64,8 +64,8 @@ def register(cli: click.Group) -> None:
                   help="Also learn a vector per training product, added to its title's (new products: title "
                        "alone; a recipe flag; off).")
     @click.option("--budget-minutes", type=click.FloatRange(min=0.0, min_open=True), default=None,
-                  help="Without recipe flags: wall minutes (on --threads) to train every recipe of the search "
-                       "(learn.recipes) and keep the best on the validation fold (default "
+                  help="Without recipe flags: CPU minutes (all --threads together) to train every recipe of "
+                       "the search (learn.recipes) and keep the best on the validation fold (default "
                        "SHOPSTREAM_TRAIN_BUDGET_MINUTES, 30).")
     @click.option("--weight-decay", type=float, default=0.0, show_default=True)
     @click.option("--seed", type=int, default=0, show_default=True)
@@ -157,8 +157,8 @@ def _train(data, settings, out: Path, *, export: bool, init: Path | None = None,
     if recipe_budget is not None:
         from learn.recipes import choose_recipe
 
-        click.echo(f"choosing a recipe on the validation fold ({recipe_budget:g} minutes on {cfg.threads} "
-                   "thread(s) for all of them; give any recipe flag to skip):")
+        click.echo(f"choosing a recipe on the validation fold ({recipe_budget:g} CPU minutes for all of them, "
+                   f"{cfg.threads} thread(s); give any recipe flag to skip):")
         choice = choose_recipe(data, vecs, split, cfg, budget_minutes=recipe_budget, echo=click.echo)
         result, cfg = choice.result, choice.result.config
         click.echo(f"recipe: {choice.recipe.name} ({choice.recipe.describe()}): {choice.why()}")

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 SAMPLE = Path(__file__).resolve().parents[2] / "stream" / "data" / "online_retail_sample.csv.gz"
 SMALL = ["--d-model", "16", "--layers", "1", "--heads", "1", "--max-len", "20", "--threads", "1",
@@ -49,6 +50,8 @@ def _train(files, out: Path, data_dir: Path) -> tuple[str, dict]:
     return res.stdout, json.loads((out / "manifest.json").read_text())
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)        # two `shopstream train` processes: text model, five small trainings each
 def test_train_without_flags_chooses_on_validation_and_never_reads_the_test_fold(tmp_path):
     from learn.recipes import RECIPES
 
