@@ -11,9 +11,10 @@ An artifact is a folder::
     item_tower.onnx             text vector -> product vector (absent when there is no item tower)
     item_ids.txt                with id vectors: the product id of each learned row
 
-Products keep text-derived vectors: with an item tower the index must be built from
-:func:`item_vectors` of the title vectors (``item_space`` in the manifest says so); without one the
-plain text index serves as is.
+The index holds each product's vector in the model's product space: with an item tower or id vectors
+it must be built from :meth:`TrainedSessionEncoder.item_vectors` of the title vectors and the
+product ids (a product seen in training gets its learned id vector added, one the model never saw
+its title's alone); with neither, the plain text index serves as is.
 """
 from __future__ import annotations
 
@@ -328,7 +329,10 @@ def load_session_encoder(path: str | Path, backend: str = "auto", *, precision: 
     return TrainedSessionEncoder(path, backend=backend, precision=precision, threads=threads, **options).load()
 
 
-def item_vectors(path: str | Path, text_vectors: np.ndarray) -> np.ndarray:
-    """Product vectors for the index from title vectors: what ``shopstream index build`` stores
-    when the worker runs this session encoder (the identity, renormalised, without an item tower)."""
-    return load_session_encoder(path, backend="torch", precision="fp32").item_vectors(text_vectors)
+def item_vectors(path: str | Path, text_vectors: np.ndarray,
+                 item_ids: Sequence[str | None] | None = None) -> np.ndarray:
+    """Product vectors for the index from title vectors (and product ids, for a model with id
+    vectors): what ``shopstream index build`` stores when the worker runs this session encoder
+    (the identity, renormalised, without an item tower or id vectors)."""
+    return load_session_encoder(path, backend="torch", precision="fp32").item_vectors(text_vectors,
+                                                                                      item_ids=item_ids)

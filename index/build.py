@@ -15,6 +15,19 @@ log = logging.getLogger(__name__)
 Encode = Callable[[Sequence[str]], np.ndarray]
 
 
+def takes_ids(encode: Encode) -> bool:
+    """Whether ``encode`` also takes the products' ids (``encode(texts, ids=...)``): an encoder
+    whose product space has a learned vector per product id says so with a ``takes_ids = True``
+    attribute on the function (a bound method reads its function's)."""
+    return bool(getattr(encode, "takes_ids", False))
+
+
+def encode_products(products: Sequence[Product], encode: Encode) -> np.ndarray:
+    """The vectors of ``products``: from their texts, and their ids where ``encode`` takes them."""
+    texts = [p.text for p in products]
+    return encode(texts, ids=[p.id for p in products]) if takes_ids(encode) else encode(texts)
+
+
 def embed_products(products: Sequence[Product], encode: Encode, *, batch_size: int = 256,
                    progress: bool = False) -> np.ndarray:
     chunks = range(0, len(products), batch_size)
@@ -22,7 +35,7 @@ def embed_products(products: Sequence[Product], encode: Encode, *, batch_size: i
         from tqdm import tqdm
 
         chunks = tqdm(chunks, desc="embedding products", unit="batch")
-    parts = [encode([p.text for p in products[i:i + batch_size]]) for i in chunks]
+    parts = [encode_products(products[i:i + batch_size], encode) for i in chunks]
     return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, 0), np.float32)
 
 

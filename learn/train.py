@@ -48,6 +48,7 @@ class TrainConfig:
     threads: int = 2
     device: str = "cpu"
     max_minutes: float = 0.0         # 0: no time limit
+    max_cpu_minutes: float = 0.0     # CPU time of this process, all threads (the recipe search's budget); 0: none
     dp_epsilon: float | None = None  # DP-SGD (learn.privacy, opacus): the run's target epsilon; None: off
     dp_delta: float = 1e-5
     dp_max_grad_norm: float = 1.0    # per-shopper gradient clip under DP
@@ -223,7 +224,7 @@ def train(data: Interactions, text_vecs: np.ndarray, split: Split, cfg: TrainCon
             if progress:
                 it.set_postfix(loss=f"{total / count:.3f}")
         row = {"epoch": epoch, "loss": total / max(count, 1)}
-        out_of_time = bool(cfg.max_minutes) and time.perf_counter() - t0 > 60 * cfg.max_minutes
+        out_of_time = _out_of_time(cfg, t0, c0)
         if epoch % cfg.eval_every and epoch < cfg.epochs and not out_of_time:     # no validation this epoch
             row.update(seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
             result.history.append(row)
@@ -242,8 +243,10 @@ def train(data: Interactions, text_vecs: np.ndarray, split: Split, cfg: TrainCon
             if bad >= cfg.patience:
                 log.info("early stop: no better validation NDCG@10 for %d epochs", bad)
                 break
-        if cfg.max_minutes and time.perf_counter() - t0 > 60 * cfg.max_minutes:
-            log.warning("stopping after %.1f minutes (max_minutes)", (time.perf_counter() - t0) / 60)
+        if _out_of_time(cfg, t0, c0):
+            log.warning("stopping after %.1f minutes, %.1f CPU minutes (max_minutes %g, max_cpu_minutes %g)",
+                        (time.perf_counter() - t0) / 60, (time.process_time() - c0) / 60, cfg.max_minutes,
+                        cfg.max_cpu_minutes)
             break
     if private is not None:
         result.privacy = private.spent()
@@ -258,6 +261,12 @@ def train(data: Interactions, text_vecs: np.ndarray, split: Split, cfg: TrainCon
     model.eval()
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _out_of_time(cfg: TrainConfig, t0: float, c0: float) -> bool:
+    """Whether the wall-clock (``max_minutes``) or CPU (``max_cpu_minutes``) limit is spent."""
+    return ((bool(cfg.max_minutes) and time.perf_counter() - t0 > 60 * cfg.max_minutes)
+            or (bool(cfg.max_cpu_minutes) and time.process_time() - c0 > 60 * cfg.max_cpu_minutes))
 
 
 class _torch_method:

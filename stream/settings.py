@@ -102,6 +102,8 @@ class Settings:
     # -- the fleet: models and index snapshots shared through a registry (stream.ops.registry) ------
     registry: str = ""                       # file:///folder | http(s)://host/path | s3://bucket/path; "" = none
     registry_cache_dir: Path | None = None   # this host's verified copies; default <data_dir>/registry-cache
+    # -- training (`shopstream train` without recipe flags: learn.recipes) --------------------------
+    train_budget_minutes: float = 30.0       # CPU minutes (all threads) to train every recipe and keep the best
     # -- continuous training (`shopstream learn`, stream.ops.continuous_training) -------------------
     learn_window_events: int = 200_000       # train on at most the newest this many events of the events topic
     learn_window_s: float = 0.0              # and (when > 0) only those produced in the last this many seconds
@@ -158,6 +160,8 @@ class Settings:
             bad(f"model_threads must not be negative (0: every core), got {self.model_threads}")
         if not 0.0 <= self.search_blend <= 1.0:
             bad(f"search_blend must be between 0 and 1, got {self.search_blend}")
+        if not self.train_budget_minutes > 0:
+            bad(f"train_budget_minutes must be positive, got {self.train_budget_minutes}")
         if self.session_ttl_s <= 0:
             bad("session_ttl_s must be positive")
         if self.index_kind not in ("auto", "flat", "hnsw", "ivf"):

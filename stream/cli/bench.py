@@ -6,6 +6,8 @@ from pathlib import Path
 import click
 import orjson
 
+from stream.cli.evaluate import dataset_options
+
 
 def emit(result: dict, as_json: bool, render) -> None:
     if as_json:
@@ -68,6 +70,26 @@ def register(cli: click.Group) -> None:
         result = run_online_bench(n_events=n_events, rate=rate, candidate=candidate, partitions=partitions,
                                   broker=broker, progress=not as_json, png=png, learn=learn)
         emit(result, as_json, render)
+
+    @bench.command("online-replay")
+    @dataset_options
+    @click.option("--model", type=click.Path(path_type=Path, exists=True, file_okay=False), required=True,
+                  help="Trained session encoder artifact the worker serves (its id vectors too).")
+    @click.option("--users", type=click.IntRange(min=1), default=200, show_default=True,
+                  help="Held-out shoppers of the test fold to replay (a seeded sample).")
+    @click.option("--seed", type=int, default=0, show_default=True)
+    @click.option("--broker", default=None, help="Kafka to use (default: start the embedded broker).")
+    @click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=600.0, show_default=True,
+                  help="Seconds to wait for the recommendations after the last event is sent.")
+    @click.option("--json", "as_json", is_flag=True)
+    def online_replay(data, model, users, seed, broker, timeout_s, as_json) -> None:
+        """Held-out shoppers through Kafka into a worker: online NDCG@10 next to shopstream eval's figure."""
+        from stream.tools.bench_replay import render, run_online_replay
+        from stream.tools.processes import terminate_on_sigterm
+
+        terminate_on_sigterm()
+        emit(run_online_replay(data, model, users=users, seed=seed, broker=broker, timeout_s=timeout_s),
+             as_json, render)
 
     @bench.command("chaos")
     @click.option("--kills", type=click.IntRange(min=0), default=20, show_default=True,

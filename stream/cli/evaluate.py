@@ -15,14 +15,15 @@ from stream.encoders import text_vectors_for  # noqa: F401 - where it lived befo
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("beauty", "online-retail")
+DATASETS = ("beauty", "online-retail", "online-retail-sample")
 
 
 def dataset_options(fn: Callable) -> Callable:
     """--dataset or --items with --sequences / --events: the command receives ``data``."""
 
     @click.option("--dataset", type=click.Choice(DATASETS), default=None,
-                  help="A data set from ../shared/data, converted on the fly.")
+                  help="A data set from ../shared/data, converted on the fly (online-retail-sample: the "
+                       "slice shipped in stream/data).")
     @path_option("--items", default=None, help="Items file: id<TAB>text per line.")
     @path_option("--sequences", default=None, help="Sequences file: user<TAB>item ids oldest first.")
     @path_option("--events", default=None, help="JSONL event log in the events-topic schema (with --items).")
@@ -44,6 +45,10 @@ def load_data(dataset: str | None, items: Path | None, sequences: Path | None, e
         return d.load_amazon_beauty(shared / "amazon-beauty")
     if dataset == "online-retail":
         return d.load_online_retail(shared / "online-retail" / "online_retail.csv.gz")
+    if dataset == "online-retail-sample":      # shipped with the package: 877 customers, 2,430 products
+        from stream.tools.datasets import PACKAGE_DATA
+
+        return d.load_online_retail(PACKAGE_DATA / "online_retail_sample.csv.gz")
     if items and events:
         return d.read_event_log(events, items)
     if items and sequences:

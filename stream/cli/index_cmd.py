@@ -26,7 +26,8 @@ def register(cli: click.Group) -> None:
                        "workers that load the snapshot apply only the later ones.")
     @click.option("--session-encoder", default=None,
                   help="default (the shipped model), pooling (plain title vectors) or a trained artifact folder, "
-                       "whose item tower makes the product vectors; the worker must run the same one "
+                       "whose item tower and id vectors (a trained product's own, a new one's title) make the "
+                       "product vectors; the worker must run the same one "
                        "(default SHOPSTREAM_SESSION_ENCODER, itself 'default').")
     def build(catalog: Path | None, out: Path | None, encoder_backend: str | None, index_kind: str | None,
               catalog_offset: int | None, session_encoder: str | None) -> None:

@@ -39,28 +39,34 @@ def register(cli: click.Group) -> None:
     @cli.command("train")
     @dataset_options
     @path_option("--out", required=True, help="Artifact folder to write (weights, manifest, ONNX graphs).")
-    @click.option("--epochs", type=click.IntRange(min=1), default=40, show_default=True)
-    @click.option("--patience", type=click.IntRange(min=1), default=4, show_default=True,
-                  help="Stop after this many validations without a better NDCG@10.")
+    @click.option("--epochs", type=click.IntRange(min=1), default=None,
+                  help="Epochs (a recipe flag: 40 when another is given; else the recipe search picks).")
+    @click.option("--patience", type=click.IntRange(min=1), default=None,
+                  help="Stop after this many validations without a better NDCG@10 (a recipe flag; 4).")
     @click.option("--eval-every", type=click.IntRange(min=1), default=1, show_default=True,
                   help="Validate (full ranking) every this many epochs, and after the last.")
     @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
-    @click.option("--lr", type=float, default=1e-3, show_default=True)
-    @click.option("--lr-schedule", type=click.Choice(["constant", "cosine"]), default="constant", show_default=True,
-                  help="cosine: decay the learning rate to 0 over --epochs.")
+    @click.option("--lr", type=float, default=None, help="Learning rate (a recipe flag; 1e-3).")
+    @click.option("--lr-schedule", type=click.Choice(["constant", "cosine"]), default=None,
+                  help="cosine: decay the learning rate to 0 over --epochs (a recipe flag; constant).")
     @click.option("--d-model", type=click.IntRange(min=8), default=128, show_default=True)
     @click.option("--layers", type=click.IntRange(min=1), default=2, show_default=True)
     @click.option("--heads", type=click.IntRange(min=1), default=2, show_default=True)
-    @click.option("--dropout", type=float, default=0.2, show_default=True)
+    @click.option("--dropout", type=float, default=None, help="Dropout (a recipe flag; 0.2).")
     @click.option("--max-len", type=click.IntRange(min=2), default=50, show_default=True)
     @click.option("--negatives", type=click.Choice(["full", "inbatch"]), default="full", show_default=True,
                   help="Softmax over every product, or over the batch's targets.")
     @click.option("--hard-negatives", type=click.IntRange(min=0), default=0, show_default=True,
                   help="With --negatives inbatch: per target, products with the nearest titles.")
-    @click.option("--item-tower/--no-item-tower", default=True, show_default=True,
-                  help="Learn product vectors from title vectors (the index is built with them).")
-    @click.option("--id-embeddings/--no-id-embeddings", default=False, show_default=True,
-                  help="Also learn a vector per training product, added to its title's (new products: title alone).")
+    @click.option("--item-tower/--no-item-tower", default=None,
+                  help="Learn product vectors from title vectors (a recipe flag; on).")
+    @click.option("--id-embeddings/--no-id-embeddings", default=None,
+                  help="Also learn a vector per training product, added to its title's (new products: title "
+                       "alone; a recipe flag; off).")
+    @click.option("--budget-minutes", type=click.FloatRange(min=0.0, min_open=True), default=None,
+                  help="Without recipe flags: CPU minutes (all --threads together) to train every recipe of "
+                       "the search (learn.recipes) and keep the best on the validation fold (default "
+                       "SHOPSTREAM_TRAIN_BUDGET_MINUTES, 30).")
     @click.option("--weight-decay", type=float, default=0.0, show_default=True)
     @click.option("--seed", type=int, default=0, show_default=True)
     @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
@@ -78,17 +84,26 @@ def register(cli: click.Group) -> None:
     @click.option("--dp-max-grad-norm", type=click.FloatRange(min=0.0, min_open=True), default=1.0, show_default=True,
                   help="Per-shopper gradient clip under DP.")
     def train_cmd(data, out, epochs, patience, eval_every, batch_size, lr, lr_schedule, d_model, layers, heads, dropout, max_len,
-                  negatives, hard_negatives, item_tower, id_embeddings, weight_decay, seed, threads, device,
-                  max_minutes, export, encoder_backend, init, dp_epsilon, dp_delta, dp_max_grad_norm) -> None:
-        """Train the session encoder on next-product prediction (contrastive, early stopping)."""
+                  negatives, hard_negatives, item_tower, id_embeddings, budget_minutes, weight_decay, seed, threads,
+                  device, max_minutes, export, encoder_backend, init, dp_epsilon, dp_delta, dp_max_grad_norm) -> None:
+        """Train the session encoder on next-product prediction (contrastive, early stopping).
+
+        Without recipe flags (--epochs, --patience, --lr, --lr-schedule, --dropout, --item-tower,
+        --id-embeddings) the recipe is chosen on the validation fold within --budget-minutes."""
         from stream.settings import Settings
 
-        settings = Settings.from_env(encoder_backend=encoder_backend, dp_epsilon=dp_epsilon, dp_delta=dp_delta)
-        _train(data, settings, out, export=export, d_model=d_model, layers=layers, heads=heads, dropout=dropout,
-               max_len=max_len, item_tower=item_tower, id_embeddings=id_embeddings, weight_decay=weight_decay, lr=lr, lr_schedule=lr_schedule, batch_size=batch_size, epochs=epochs,
-               patience=patience, eval_every=eval_every, negatives=negatives, hard_negatives=hard_negatives, seed=seed,
+        settings = Settings.from_env(encoder_backend=encoder_backend, dp_epsilon=dp_epsilon, dp_delta=dp_delta,
+                                     train_budget_minutes=budget_minutes)
+        given = {k: v for k, v in dict(epochs=epochs, patience=patience, lr=lr, lr_schedule=lr_schedule,
+                                       dropout=dropout, item_tower=item_tower, id_embeddings=id_embeddings).items()
+                 if v is not None}
+        search = not given and init is None and not settings.dp_epsilon
+        _train(data, settings, out, export=export, d_model=d_model, layers=layers, heads=heads,
+               max_len=max_len, weight_decay=weight_decay, batch_size=batch_size,
+               eval_every=eval_every, negatives=negatives, hard_negatives=hard_negatives, seed=seed,
                threads=threads, device=device, max_minutes=max_minutes, init=init,
-               dp_epsilon=settings.dp_epsilon or None, dp_delta=settings.dp_delta, dp_max_grad_norm=dp_max_grad_norm)
+               dp_epsilon=settings.dp_epsilon or None, dp_delta=settings.dp_delta, dp_max_grad_norm=dp_max_grad_norm,
+               recipe_budget=settings.train_budget_minutes if search else None, **given)
 
     @cli.command("train-from-topic")
     @kafka_options
@@ -115,7 +130,10 @@ def register(cli: click.Group) -> None:
         _train(data, settings, out, export=export, epochs=epochs, seed=seed, threads=threads)
 
 
-def _train(data, settings, out: Path, *, export: bool, init: Path | None = None, **config) -> None:
+def _train(data, settings, out: Path, *, export: bool, init: Path | None = None,
+           recipe_budget: float | None = None, **config) -> None:
+    """Train (the recipe given, or with ``recipe_budget`` the best of :data:`learn.recipes.RECIPES`
+    on the validation fold), save, export, and read the test fold once at the end."""
     import torch
 
     from engines.session_model import save_artifact
@@ -135,7 +153,17 @@ def _train(data, settings, out: Path, *, export: bool, init: Path | None = None,
         from engines.session_model import load_torch_model
 
         start = load_torch_model(init)
-    result = train(data, vecs, split, cfg, init=start)
+    choice = None
+    if recipe_budget is not None:
+        from learn.recipes import choose_recipe
+
+        click.echo(f"choosing a recipe on the validation fold ({recipe_budget:g} CPU minutes for all of them, "
+                   f"{cfg.threads} thread(s); give any recipe flag to skip):")
+        choice = choose_recipe(data, vecs, split, cfg, budget_minutes=recipe_budget, echo=click.echo)
+        result, cfg = choice.result, choice.result.config
+        click.echo(f"recipe: {choice.recipe.name} ({choice.recipe.describe()}): {choice.why()}")
+    else:
+        result = train(data, vecs, split, cfg, init=start)
     click.echo(f"trained {len(result.history)} epochs in {result.seconds:.0f}s; best epoch {result.best_epoch}: "
                f"valid NDCG@10 {result.best_valid['ndcg@10']:.4f} Recall@10 {result.best_valid['recall@10']:.4f}")
     if result.privacy:
@@ -143,7 +171,7 @@ def _train(data, settings, out: Path, *, export: bool, init: Path | None = None,
                    f"noise multiplier {result.privacy['noise_multiplier']}, {result.privacy['steps']} steps)")
     record = {"trained_on": s, "continued_from": str(init) if init else None, "train_config": config_dict(cfg), "history": result.history,
               "best_epoch": result.best_epoch, "valid": result.best_valid, "train_seconds": round(result.seconds, 1),
-              "privacy": result.privacy}
+              "privacy": result.privacy, "recipe": choice.record() if choice else {"chosen": "given"}}
     save_artifact(result.model, out, text_model_version=text_version, record=record,
                   kinds_seen=data.kinds_seen(), uses_time=data.has_clock(), item_ids=data.item_ids)
     if export:

@@ -24,6 +24,7 @@ import numpy as np
 import orjson
 
 from index import CatalogError, ItemIndex, Product
+from index.build import encode_products
 
 MAX_KEY_BYTES = 256            # a product id
 MAX_VALUE_BYTES = 64 * 1024    # a product record; a real one is a few hundred bytes
@@ -138,7 +139,8 @@ class PreparedUpdates:
 def prepare_updates(index: ItemIndex, updates: Sequence[CatalogUpdate], encode) -> PreparedUpdates:
     """Decide what ``updates`` (in order; the last per product wins) do to ``index``, and embed.
 
-    Products whose text changed (or that are new) are embedded with ``encode`` in one call; an
+    Products whose text changed (or that are new) are embedded with ``encode`` in one call (with
+    their ids when ``encode`` takes them: :func:`index.build.encode_products`); an
     update that carries its vector is not embedded again. ``index`` is only read.
     """
     last: dict[str, CatalogUpdate] = {}
@@ -157,7 +159,7 @@ def prepare_updates(index: ItemIndex, updates: Sequence[CatalogUpdate], encode) 
         else:
             to_embed.append(u)
     if to_embed:
-        vectors = np.asarray(encode([u.product.text for u in to_embed]), dtype=np.float32)
+        vectors = np.asarray(encode_products([u.product for u in to_embed], encode), dtype=np.float32)
         with_vector += [CatalogUpdate(u.partition, u.offset, u.product_id, u.product, v)
                         for u, v in zip(to_embed, vectors)]
     if record_only:

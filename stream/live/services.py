@@ -25,24 +25,44 @@ from stream.settings import Settings
 log = logging.getLogger(__name__)
 
 class ProductEncoder:
-    """Product text -> the vector the index holds for it.
+    """Product text (and id) -> the vector the index holds for it.
 
-    The text encoder's vector, passed through the trained session encoder's item tower when the
-    worker runs one (its manifest says ``item_space: item-tower``). Index builds, catalogue updates
-    and snapshot checks all go through this, so an index made for another product space is refused.
+    The text encoder's vector, passed through the trained session encoder's product path when the
+    worker runs one that changes it: its item tower (``item_space: item-tower``) and, for a model
+    with id vectors, each product's learned id vector where training saw the product; a product
+    the model has never seen gets its vector from its title alone until a model that saw it serves.
+    Index builds, catalogue updates, hot swaps and snapshot checks all go through this, so an
+    index made for another product space is refused.
     """
 
     def __init__(self, text: TextEncoder, session_encoder=None) -> None:
         self.text = text
-        self.tower = session_encoder if getattr(session_encoder, "item_space", "text") == "item-tower" else None
+        self.tower = product_path(session_encoder)
         self.dim = text.dim
         self.name = text.name
-        self.model_version = (text.model_version if self.tower is None
-                              else f"{text.model_version}+items:{self.tower.items_version}")
+        self.model_version = product_space_version(text.model_version, self.tower)
 
-    def encode(self, texts):
+    def encode(self, texts, ids=None):
+        """Vectors of products' ``texts``; ``ids`` (one per text, None for none) picks each known
+        product's id vector when the model has them."""
         vectors = self.text.encode(texts)
-        return vectors if self.tower is None else self.tower.item_vectors(vectors)
+        return vectors if self.tower is None else self.tower.item_vectors(vectors, item_ids=ids)
+
+    encode.takes_ids = True     # index.build.encode_products passes the products' ids
+
+
+def product_path(session_encoder):
+    """The session encoder when its item tower or id vectors make the product vectors, else None
+    (the text encoder's vectors serve as they are)."""
+    towered = getattr(session_encoder, "item_space", "text") == "item-tower"
+    return session_encoder if towered or getattr(session_encoder, "has_id_vectors", False) else None
+
+
+def product_space_version(text_version: str, session_encoder=None) -> str:
+    """The name of a product space: the text model's, plus the session model's whose item tower or
+    id vectors make the product vectors (what a snapshot's ``model_version`` must be)."""
+    tower = product_path(session_encoder)
+    return text_version if tower is None else f"{text_version}+items:{tower.items_version}"
 
 
 @dataclass
@@ -102,9 +122,10 @@ def load_session_encoder(settings: Settings, dim: int):
     from engines.session_model import load_session_encoder as load_trained
 
     encoder = load_trained(path, settings.session_backend, threads=settings.model_threads or None)
-    if encoder.manifest.get("config", {}).get("item_ids"):
-        log.warning("%s has id vectors; the live index is built from titles alone, so every product serves "
-                    "as a product unseen in training (see docs/quality.md)", path)
+    if encoder.has_id_vectors:
+        log.info("%s has id vectors for %d products: the index must hold them (shopstream index build with "
+                 "this session encoder); products it never saw serve from their titles", path,
+                 encoder.manifest["config"]["item_ids"])
     if encoder.dim != dim:
         raise ConfigError(f"session encoder {path} makes {encoder.dim}-d vectors; the text encoder makes {dim}-d")
     return encoder

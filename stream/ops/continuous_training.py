@@ -257,12 +257,12 @@ def _train_and_compare(settings: Settings, events: list[dict], default, registry
 
     from engines.session_model import (
         load_session_encoder,
-        load_torch_model,
         read_manifest,
         save_artifact,
     )
     from learn.data import events_to_interactions
     from learn.evaluate import Pooling, TrainedEncoder, evaluate
+    from learn.recipes import continue_from
     from learn.split import leave_one_out
     from learn.train import TrainConfig, config_dict, train
     from stream.encoders import text_vectors_for
@@ -285,22 +285,18 @@ def _train_and_compare(settings: Settings, events: list[dict], default, registry
         return out
     vecs, text_version = text_vectors_for(data, settings, progress=progress)
     base = serving_artifact(settings, default)
-    init = load_torch_model(base) if base is not None else None
-    arch = {k: v for k, v in (init.cfg.to_dict() if init is not None else {}).items() if k not in ("text_dim", "item_ids")}
-    if init is not None and getattr(init.cfg, "item_ids", 0):
-        # id vectors are numbered by the training catalogue of that model; this window's differs
-        out["reason"] = f"the serving model {base} has product id vectors: a warm start needs a title-only model"
-        return out
-    cfg = TrainConfig(**arch, epochs=settings.learn_epochs, patience=settings.learn_epochs, lr=1e-3,
-                      max_minutes=settings.learn_max_minutes, threads=threads, seed=0,
-                      dp_epsilon=settings.dp_epsilon or None, dp_delta=settings.dp_delta)
+    # the serving model's architecture and chosen recipe; an id model's rows follow the products
+    cfg, init = continue_from(base, data, TrainConfig(epochs=settings.learn_epochs, patience=settings.learn_epochs,
+                                                      lr=1e-3, max_minutes=settings.learn_max_minutes, threads=threads,
+                                                      seed=0, dp_epsilon=settings.dp_epsilon or None,
+                                                      dp_delta=settings.dp_delta))
     result = train(data, vecs, split, cfg, init=init, progress=progress)
     staging = registry / f".staging-{int(time.time() * 1000)}"
     record = {"trained_on": data.summary(), "continued_from": str(base) if base else None,
               "train_config": config_dict(cfg), "history": result.history, "best_epoch": result.best_epoch,
               "valid": result.best_valid, "train_seconds": round(result.seconds, 1), "privacy": result.privacy}
     save_artifact(result.model, staging / "model", text_model_version=text_version, record=record,
-                  kinds_seen=data.kinds_seen(), uses_time=data.has_clock())
+                  kinds_seen=data.kinds_seen(), uses_time=data.has_clock(), item_ids=data.item_ids)
     n = data.n_items
     if base is not None:
         serving_method = TrainedEncoder(load_session_encoder(base, backend="torch", precision="fp32"), vecs, n,
@@ -371,7 +367,7 @@ def _build_index(settings: Settings, artifact: Path, out: Path, products, data, 
     enc = load_session_encoder(artifact, backend="torch", precision="fp32")
     by_text = {t: i for i, t in enumerate(data.texts[:data.n_items])}
 
-    def encode(texts):
+    def encode(texts, ids=None):
         rows = [by_text.get(t) for t in texts]
         if any(r is None for r in rows):
             from stream.encoders import load_text_encoder
@@ -383,8 +379,11 @@ def _build_index(settings: Settings, artifact: Path, out: Path, products, data, 
                 text.close()
         else:
             tv = vecs[rows]
-        return enc.item_vectors(tv)
+        return enc.item_vectors(tv, item_ids=ids)      # id vectors of the products it was trained on
 
-    model_version = f"{text_version}+items:{enc.items_version}"
+    encode.takes_ids = True
+    from stream.live.services import product_space_version
+
+    model_version = product_space_version(text_version, enc)
     index = build_index(products, encode, dim=enc.dim, model_version=model_version, kind=settings.index_kind)
     return save_snapshot(index, out, source="shopstream learn")
