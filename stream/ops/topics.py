@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from stream.errors import BrokerError, ConfigError
 from stream.settings import Settings
@@ -87,15 +88,11 @@ def output_spec(settings: Settings, name: str, partitions: int) -> TopicSpec:
     return TopicSpec(name, partitions, configs=deleted_within(settings.erasure_deadline_s))
 
 
-async def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> dict[str, int]:
-    """Create missing topics; verify existing ones have the expected partition count.
+async def _started_admin(settings: Settings) -> Any:
+    """An admin client connected to the cluster; :class:`BrokerError` when it cannot be reached."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import KafkaError
 
-    Returns {topic: partitions}. Raises :class:`ConfigError` on a partition mismatch.
-    """
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.errors import KafkaError, TopicAlreadyExistsError
-
-    specs = topic_specs(settings) if specs is None else specs
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers,
                                 client_id=f"{settings.app_id}-admin",
                                 request_timeout_ms=15000, **settings.kafka_client_options())
@@ -104,6 +101,19 @@ async def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None
     except KafkaError as exc:
         await _close(admin)
         raise BrokerError(f"cannot reach Kafka at {settings.broker}: {exc}") from exc
+    return admin
+
+
+async def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> dict[str, int]:
+    """Create missing topics; verify existing ones have the expected partition count.
+
+    Returns {topic: partitions}. Raises :class:`ConfigError` on a partition mismatch.
+    """
+    from aiokafka.admin import NewTopic
+    from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+    specs = topic_specs(settings) if specs is None else specs
+    admin = await _started_admin(settings)
     try:
         existing = await _partition_counts(admin, [s.name for s in specs])
         missing = [s for s in specs if s.name not in existing]
@@ -149,19 +159,11 @@ async def check_topics(settings: Settings, specs: list[TopicSpec] | None = None)
     A config the broker does not return counts as not set (tansu returns only configs set
     explicitly; Apache Kafka returns defaults too, which then show as the value that differs).
     """
-    from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
     from aiokafka.errors import KafkaError
 
     specs = topic_specs(settings) if specs is None else specs
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers,
-                                client_id=f"{settings.app_id}-admin",
-                                request_timeout_ms=15000, **settings.kafka_client_options())
-    try:
-        await admin.start()
-    except KafkaError as exc:
-        await _close(admin)
-        raise BrokerError(f"cannot reach Kafka at {settings.broker}: {exc}") from exc
+    admin = await _started_admin(settings)
     try:
         counts = await _partition_counts(admin, [s.name for s in specs])
         present = [s for s in specs if s.name in counts]
