@@ -58,3 +58,17 @@ def text_vectors_for(data, settings, *, progress: bool = True):
                             progress=progress), encoder.model_version
     finally:
         encoder.close()
+
+
+def product_path(session_encoder):
+    """The session encoder when its item tower or id vectors make the product vectors, else None
+    (the text encoder's vectors serve as they are)."""
+    towered = getattr(session_encoder, "item_space", "text") == "item-tower"
+    return session_encoder if towered or getattr(session_encoder, "has_id_vectors", False) else None
+
+
+def product_space_version(text_version: str, session_encoder=None) -> str:
+    """The name of a product space: the text model's, plus the session model's whose item tower or
+    id vectors make the product vectors (what a snapshot's ``model_version`` must be)."""
+    tower = product_path(session_encoder)
+    return text_version if tower is None else f"{text_version}+items:{tower.items_version}"

@@ -18,7 +18,8 @@ from stream.core.recommender import IndexHolder, Recommender
 from stream.core.schema import EventValidator
 from stream.core.session_state import SessionLimits
 from stream.core.variants import DEFAULT_VARIANT, Arm, VariantRecommender
-from stream.encoders import SHIPPED_SESSION_ENCODER, load_text_encoder, session_encoder_path
+from stream.encoders import (SHIPPED_SESSION_ENCODER, load_text_encoder, product_path, product_space_version,
+                             session_encoder_path)
 from stream.errors import ConfigError
 from stream.settings import Settings
 
@@ -49,20 +50,6 @@ class ProductEncoder:
         return vectors if self.tower is None else self.tower.item_vectors(vectors, item_ids=ids)
 
     encode.takes_ids = True     # index.build.encode_products passes the products' ids
-
-
-def product_path(session_encoder):
-    """The session encoder when its item tower or id vectors make the product vectors, else None
-    (the text encoder's vectors serve as they are)."""
-    towered = getattr(session_encoder, "item_space", "text") == "item-tower"
-    return session_encoder if towered or getattr(session_encoder, "has_id_vectors", False) else None
-
-
-def product_space_version(text_version: str, session_encoder=None) -> str:
-    """The name of a product space: the text model's, plus the session model's whose item tower or
-    id vectors make the product vectors (what a snapshot's ``model_version`` must be)."""
-    tower = product_path(session_encoder)
-    return text_version if tower is None else f"{text_version}+items:{tower.items_version}"
 
 
 @dataclass

@@ -382,7 +382,7 @@ def _build_index(settings: Settings, artifact: Path, out: Path, products, data, 
         return enc.item_vectors(tv, item_ids=ids)      # id vectors of the products it was trained on
 
     encode.takes_ids = True
-    from stream.live.services import product_space_version
+    from stream.encoders import product_space_version
 
     model_version = product_space_version(text_version, enc)
     index = build_index(products, encode, dim=enc.dim, model_version=model_version, kind=settings.index_kind)

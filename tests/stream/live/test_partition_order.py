@@ -5,6 +5,7 @@ import asyncio
 from collections import namedtuple
 from types import SimpleNamespace
 
+from stream.core.pipeline import BatchResult
 from stream.live import batches as batches_mod
 from stream.live.batches import LiveBatches
 
@@ -141,8 +142,7 @@ def test_handle_runs_in_order_events_through_the_pipeline_and_acks_them():
 
         def process(self, messages, read):
             seen.extend((m.partition, m.offset) for m in messages)
-            return SimpleNamespace(recommendations=[], dead_letters=[], resends=[], state_writes=[], held=[], hits=[],
-                                   done=list(messages), latest_event_ts=[])
+            return BatchResult(done=list(messages))   # everything handled, nothing to publish
 
     async def ack(event):
         acked.append((event.message.partition, event.message.offset))
