@@ -4,7 +4,10 @@ Every position of a shopper's training sequence predicts the product touched nex
 inputs, never targets). Negatives are either every product of the catalogue (``full``: a softmax
 over all index vectors, cheap for catalogues of tens of thousands) or the other targets of the
 batch (``inbatch``), optionally with hard negatives: products whose titles are nearest the target's.
-Early stopping on validation NDCG@10 (full ranking); the best epoch's weights are kept.
+With ``exclude_history`` each position's softmax leaves out what the shopper touched before it, as
+serving leaves it out of the ranking. Early stopping on validation NDCG@10 (full ranking); the best
+epoch's weights are kept. :func:`refit` then trains the chosen recipe again on every event before
+the test targets, the validation targets included, for the epochs validation chose.
 """
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ class TrainConfig:
     patience: int = 4                # evaluations (every ``eval_every`` epochs) without a better one
     eval_every: int = 1              # validate every this many epochs (and after the last)
     negatives: str = "full"          # "full" | "inbatch"
+    exclude_history: bool = False    # with "full": what the shopper already touched is no negative (as in serving)
     hard_negatives: int = 0          # per target, with "inbatch": drawn from its nearest titles
     hard_pool: int = 50
     seed: int = 0
@@ -66,6 +70,8 @@ class TrainConfig:
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', not {self.lr_schedule!r}")
         if self.negatives not in ("full", "inbatch"):
             raise ValueError(f"negatives must be 'full' or 'inbatch', not {self.negatives!r}")
+        if self.exclude_history and self.negatives != "full":
+            raise ValueError("exclude_history goes with --negatives full")
         if self.hard_negatives and self.negatives != "inbatch":
             raise ValueError("hard negatives go with --negatives inbatch")
         for name in ("d_model", "layers", "heads", "max_len", "batch_size", "epochs", "eval_every"):
@@ -134,10 +140,12 @@ def nearest_titles(text_vecs: np.ndarray, k: int, chunk: int = 2048) -> np.ndarr
 
 
 def train(data: Interactions, text_vecs: np.ndarray, split: Split, cfg: TrainConfig = TrainConfig(),
-          *, init=None, progress: bool = True) -> TrainResult:
+          *, init=None, progress: bool = True, validate: bool = True, stop_after: int | None = None) -> TrainResult:
     """Fit a :class:`SessionTransformer`. ``text_vecs`` are the texts' vectors (items, then queries).
 
-    ``init``: a model (same architecture) whose weights training continues from."""
+    ``init``: a model (same architecture) whose weights training continues from. ``validate=False``
+    (a refit, whose training data holds the validation targets): no validation, the last epoch is
+    kept. ``stop_after``: end after this many epochs of the ``cfg.epochs`` schedule."""
     import torch
     from torch.nn import functional as F
 
@@ -206,6 +214,8 @@ def train(data: Interactions, text_vecs: np.ndarray, split: Split, cfg: TrainCon
                 uniq, inverse = torch.unique(pool, return_inverse=True)
                 cand, target = space[uniq], inverse[:len(y)]
             logits = (u @ cand.T) * model.logit_scale.exp().clamp(max=100.0)
+            if cfg.exclude_history:
+                logits = _without_history(logits, tok, keep, y, n_items)
             if private is None:
                 loss = F.cross_entropy(logits, target)
             else:   # one shopper is one example: the sum over their positions, averaged over shoppers
@@ -225,6 +235,14 @@ def train(data: Interactions, text_vecs: np.ndarray, split: Split, cfg: TrainCon
                 it.set_postfix(loss=f"{total / count:.3f}")
         row = {"epoch": epoch, "loss": total / max(count, 1)}
         out_of_time = _out_of_time(cfg, t0, c0)
+        if not validate:
+            row.update(seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
+            result.history.append(row)
+            result.best_epoch = epoch
+            log.info("epoch %d: loss %.4f (%.0fs)", epoch, row["loss"], row["seconds"])
+            if epoch == stop_after or out_of_time:
+                break
+            continue
         if epoch % cfg.eval_every and epoch < cfg.epochs and not out_of_time:     # no validation this epoch
             row.update(seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
             result.history.append(row)
@@ -243,6 +261,8 @@ def train(data: Interactions, text_vecs: np.ndarray, split: Split, cfg: TrainCon
             if bad >= cfg.patience:
                 log.info("early stop: no better validation NDCG@10 for %d epochs", bad)
                 break
+        if epoch == stop_after:
+            break
         if _out_of_time(cfg, t0, c0):
             log.warning("stopping after %.1f minutes, %.1f CPU minutes (max_minutes %g, max_cpu_minutes %g)",
                         (time.perf_counter() - t0) / 60, (time.process_time() - c0) / 60, cfg.max_minutes,
@@ -261,6 +281,39 @@ def train(data: Interactions, text_vecs: np.ndarray, split: Split, cfg: TrainCon
     model.eval()
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def refit(data: Interactions, text_vecs: np.ndarray, split: Split, chosen: TrainResult, *, init=None,
+          progress: bool = True) -> TrainResult:
+    """The chosen model's recipe trained again from scratch on every event before the test targets
+    -- the validation targets too, the newest events there are -- for the epochs validation chose
+    (the same schedule, stopped there). The test targets are not read; the result keeps the
+    chosen run's validation figures, the only ones not trained on. ``init``: the weights the chosen
+    run started from, if any. Not under DP-SGD (a second pass would spend the privacy budget again)."""
+    from dataclasses import replace
+
+    if chosen.config.dp_epsilon is not None:
+        raise ValueError("no refit under DP-SGD: it would train on every shopper a second time")
+    cfg = replace(chosen.config, max_minutes=0.0, max_cpu_minutes=0.0)
+    again = train(data, text_vecs, Split(list(split.test.inputs), split.valid, split.test), cfg, init=init,
+                  progress=progress, validate=False, stop_after=chosen.best_epoch)
+    again.best_valid = dict(chosen.best_valid)
+    return again
+
+
+def _without_history(logits, tok, keep, y, n_items: int):
+    """Each position's logits with the products at or before it (its history, which serving never
+    recommends) masked out -- all but the target itself."""
+    import torch
+
+    n = tok.shape[1]
+    seen = tok[:, None, :].expand(-1, n, -1)[keep]                         # (positions, n): the row's events
+    before = torch.ones(n, n, dtype=torch.bool, device=tok.device).tril().expand(tok.shape[0], n, n)[keep]
+    mask = before & (seen >= 0) & (seen < n_items) & (seen != y[:, None])
+    cols = torch.where(mask, seen, torch.full_like(seen, n_items))         # a spare column takes the rest
+    hide = torch.zeros(logits.shape[0], n_items + 1, dtype=torch.bool, device=logits.device)
+    hide.scatter_(1, cols, True)
+    return logits.masked_fill(hide[:, :n_items], float("-inf"))
 
 
 def _out_of_time(cfg: TrainConfig, t0: float, c0: float) -> bool:

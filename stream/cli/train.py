@@ -63,6 +63,13 @@ def register(cli: click.Group) -> None:
     @click.option("--id-embeddings/--no-id-embeddings", default=None,
                   help="Also learn a vector per training product, added to its title's (new products: title "
                        "alone; a recipe flag; off).")
+    @click.option("--exclude-history/--no-exclude-history", default=None,
+                  help="Leave each shopper's history out of the softmax, as serving leaves it out of the "
+                       "ranking (a recipe flag; off).")
+    @click.option("--refit/--no-refit", default=True, show_default=True,
+                  help="Once validation has chosen the recipe and its epochs, train it again from scratch on "
+                       "every event before the test targets (the validation targets, the newest, too) and "
+                       "ship that.")
     @click.option("--budget-minutes", type=click.FloatRange(min=0.0, min_open=True), default=None,
                   help="Without recipe flags: CPU minutes (all --threads together) to train every recipe of "
                        "the search (learn.recipes) and keep the best on the validation fold (default "
@@ -83,25 +90,28 @@ def register(cli: click.Group) -> None:
     @click.option("--dp-delta", type=float, default=None, help="DP delta (default SHOPSTREAM_DP_DELTA, 1e-5).")
     @click.option("--dp-max-grad-norm", type=click.FloatRange(min=0.0, min_open=True), default=1.0, show_default=True,
                   help="Per-shopper gradient clip under DP.")
-    def train_cmd(data, out, epochs, patience, eval_every, batch_size, lr, lr_schedule, d_model, layers, heads, dropout, max_len,
-                  negatives, hard_negatives, item_tower, id_embeddings, budget_minutes, weight_decay, seed, threads,
-                  device, max_minutes, export, encoder_backend, init, dp_epsilon, dp_delta, dp_max_grad_norm) -> None:
+    def train_cmd(data, out, epochs, patience, eval_every, batch_size, lr, lr_schedule, d_model, layers, heads, dropout,
+                  max_len, negatives, hard_negatives, item_tower, id_embeddings, exclude_history, refit, budget_minutes,
+                  weight_decay, seed, threads, device, max_minutes, export, encoder_backend, init, dp_epsilon, dp_delta,
+                  dp_max_grad_norm) -> None:
         """Train the session encoder on next-product prediction (contrastive, early stopping).
 
         Without recipe flags (--epochs, --patience, --lr, --lr-schedule, --dropout, --item-tower,
-        --id-embeddings) the recipe is chosen on the validation fold within --budget-minutes."""
+        --id-embeddings, --exclude-history) the recipe is chosen on the validation fold within
+        --budget-minutes."""
         from stream.settings import Settings
 
         settings = Settings.from_env(encoder_backend=encoder_backend, dp_epsilon=dp_epsilon, dp_delta=dp_delta,
                                      train_budget_minutes=budget_minutes)
         given = {k: v for k, v in dict(epochs=epochs, patience=patience, lr=lr, lr_schedule=lr_schedule,
-                                       dropout=dropout, item_tower=item_tower, id_embeddings=id_embeddings).items()
+                                       dropout=dropout, item_tower=item_tower, id_embeddings=id_embeddings,
+                                       exclude_history=exclude_history).items()
                  if v is not None}
         search = not given and init is None and not settings.dp_epsilon
         _train(data, settings, out, export=export, d_model=d_model, layers=layers, heads=heads,
                max_len=max_len, weight_decay=weight_decay, batch_size=batch_size,
                eval_every=eval_every, negatives=negatives, hard_negatives=hard_negatives, seed=seed,
-               threads=threads, device=device, max_minutes=max_minutes, init=init,
+               threads=threads, device=device, max_minutes=max_minutes, init=init, refit=refit,
                dp_epsilon=settings.dp_epsilon or None, dp_delta=settings.dp_delta, dp_max_grad_norm=dp_max_grad_norm,
                recipe_budget=settings.train_budget_minutes if search else None, **given)
 
@@ -131,7 +141,7 @@ def register(cli: click.Group) -> None:
 
 
 def _train(data, settings, out: Path, *, export: bool, init: Path | None = None,
-           recipe_budget: float | None = None, **config) -> None:
+           recipe_budget: float | None = None, refit: bool = False, **config) -> None:
     """Train (the recipe given, or with ``recipe_budget`` the best of :data:`learn.recipes.RECIPES`
     on the validation fold), save, export, and read the test fold once at the end."""
     import torch
@@ -143,6 +153,10 @@ def _train(data, settings, out: Path, *, export: bool, init: Path | None = None,
 
     torch.set_num_threads(config.get("threads", 2))
     cfg = TrainConfig(**config)
+    try:
+        cfg.validate()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     s = data.summary()
     click.echo(f"{s['name']}: {s['users']} shoppers, {s['items']} products, {s['events']} events")
     vecs, text_version = text_vectors_for(data, settings)
@@ -166,12 +180,25 @@ def _train(data, settings, out: Path, *, export: bool, init: Path | None = None,
         result = train(data, vecs, split, cfg, init=start)
     click.echo(f"trained {len(result.history)} epochs in {result.seconds:.0f}s; best epoch {result.best_epoch}: "
                f"valid NDCG@10 {result.best_valid['ndcg@10']:.4f} Recall@10 {result.best_valid['recall@10']:.4f}")
+    refit_record = None
+    if refit and cfg.dp_epsilon is not None:
+        click.echo("no refit under DP-SGD (it would spend the privacy budget a second time)")
+    elif refit:
+        from learn.train import refit as refit_model
+
+        chosen = result
+        result = refit_model(data, vecs, split, chosen, init=start, progress=False)
+        refit_record = {"on": "every event before the test targets", "epochs": chosen.best_epoch,
+                        "seconds": round(result.seconds, 1), "chosen_history": chosen.history}
+        click.echo(f"refit on every event before the test targets: {chosen.best_epoch} epochs in "
+                   f"{result.seconds:.0f}s (the validation figures above are the chosen run's)")
     if result.privacy:
         click.echo(f"DP-SGD: epsilon {result.privacy['epsilon']:.3f} spent (delta {result.privacy['delta']:g}, "
                    f"noise multiplier {result.privacy['noise_multiplier']}, {result.privacy['steps']} steps)")
     record = {"trained_on": s, "continued_from": str(init) if init else None, "train_config": config_dict(cfg), "history": result.history,
               "best_epoch": result.best_epoch, "valid": result.best_valid, "train_seconds": round(result.seconds, 1),
-              "privacy": result.privacy, "recipe": choice.record() if choice else {"chosen": "given"}}
+              "privacy": result.privacy, "recipe": choice.record() if choice else {"chosen": "given"},
+              "refit": refit_record}
     save_artifact(result.model, out, text_model_version=text_version, record=record,
                   kinds_seen=data.kinds_seen(), uses_time=data.has_clock(), item_ids=data.item_ids)
     if export:
@@ -184,7 +211,8 @@ def _train(data, settings, out: Path, *, export: bool, init: Path | None = None,
         from learn.export import ranking_check
 
         check = ranking_check(out, data, vecs, threads=cfg.threads)
-        click.echo("ranking check, validation fold: " + ", ".join(
+        click.echo(("ranking check, validation fold (trained on by the refit: compares precisions only): "
+                    if refit_record else "ranking check, validation fold: ") + ", ".join(
             f"{p} NDCG@10 {check[p]['ndcg@10']:.4f} Recall@10 {check[p]['recall@10']:.4f}"
             for p in ("fp32", "fp16", "int8") if p in check))
         manifest = read_manifest(out)

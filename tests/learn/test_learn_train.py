@@ -178,3 +178,45 @@ def test_validation_every_n_epochs_keeps_the_best_validated_epoch(slice_data):
     with pytest.raises(ValueError, match="eval_every"):
         TrainConfig(eval_every=0).validate()
 
+
+
+def test_history_is_no_negative_but_the_target_stays():
+    """--exclude-history: each position's softmax leaves out the products at or before it (serving
+    never recommends them), except the target itself; pads and search queries mask nothing."""
+    import torch
+
+    from learn.train import _without_history
+
+    n_items = 6
+    tok = torch.tensor([[-1, 2, 7, 4], [1, 3, 1, 5]])            # -1 a pad, 7 a search query
+    labels = torch.tensor([[-1, 4, 5, 2], [3, 1, 0, -1]])        # row 0's last target is in its history
+    keep = labels >= 0
+    y = labels[keep]
+    out = _without_history(torch.zeros(int(keep.sum()), n_items), tok, keep, y, n_items)
+    hidden = [set(torch.nonzero(torch.isinf(row)).flatten().tolist()) for row in out]
+    assert hidden == [{2}, {2}, {4}, {1}, {3}, {1, 3}]
+    assert all(not torch.isinf(out[i, t]) for i, t in enumerate(y.tolist()))
+
+
+def test_refit_trains_on_the_validation_targets_for_the_chosen_epochs(slice_data, monkeypatch):
+    """The refit reads every event before the test targets (the validation targets included),
+    runs the epochs validation chose and never validates; the test targets are never read."""
+    import learn.train as lt
+    from learn.split import leave_one_out
+
+    data, vecs = slice_data
+    split = leave_one_out(data)
+    cfg = lt.TrainConfig(d_model=32, layers=1, heads=2, ffn=64, item_tower=False, id_embeddings=True,
+                         exclude_history=True, batch_size=128, lr=3e-3, lr_schedule="cosine", epochs=3, patience=3,
+                         seed=0, threads=2)
+    chosen = lt.train(data, vecs, split, cfg, progress=False)
+    seen = []
+    real = lt.training_examples
+    monkeypatch.setattr(lt, "training_examples", lambda seqs, n: seen.append(seqs) or real(seqs, n))
+    split.test.targets = None            # a read of the test targets would raise
+    again = lt.refit(data, vecs, split, chosen, progress=False)
+    assert [r["epoch"] for r in again.history] == list(range(1, chosen.best_epoch + 1))
+    assert all("ndcg@10" not in r for r in again.history)
+    assert seen[0] == split.test.inputs
+    assert sum(map(len, seen[0])) == sum(map(len, split.train)) + len(split.valid)
+    assert again.best_valid == chosen.best_valid

@@ -33,6 +33,8 @@ def shopstream(*args, env=None, input=None, timeout=120):
     (["no-such-command"], {}, "No such command"),
     (["tail", "events"], {"SHOPSTREAM_VARIANTS": "control=pooling"}, "SHOPSTREAM_VARIANTS"),
     (["topics", "--check"], {"SHOPSTREAM_ERASURE_DEADLINE_S": "60"}, "erasure_deadline_s"),
+    (["train", "--dataset", "online-retail-sample", "--negatives", "inbatch", "--exclude-history", "--out",
+      "/nonexistent/model"], {}, "exclude_history goes with --negatives full"),
 ])
 def test_bad_arguments_give_one_line_not_a_traceback(args, env, needle):
     r = shopstream(*args, env=env, input=b"", timeout=90)
