@@ -125,7 +125,8 @@ def run_online_replay(data, model: Path, *, users: int = 200, seed: int = 0, bro
     catalog = work / "catalog.jsonl"
     import orjson
 
-    catalog.write_bytes(b"".join(orjson.dumps({"id": pid, "title": text}) + b"\n"
+    # a catalogue record needs a title: a product without one (7 of Amazon Beauty's) is named by its id
+    catalog.write_bytes(b"".join(orjson.dumps({"id": pid, "title": text.strip() or pid}) + b"\n"
                                  for pid, text in zip(data.item_ids, data.texts[:data.n_items])))
     embedded = worker = None
     try:

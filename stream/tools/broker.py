@@ -93,7 +93,10 @@ class EmbeddedBroker:
                 pass
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+                try:
+                    proc.wait(timeout)
+                except subprocess.TimeoutExpired:    # stuck in the kernel (D state): do not hang the caller
+                    log.warning("tansu (pid %d) did not exit %.0fs after SIGKILL", proc.pid, timeout)
         if self._log_fh is not None:
             self._log_fh.close()
             self._log_fh = None
