@@ -13,6 +13,13 @@ import pytest
 from tests.kafka_io import event
 
 
+def _interruptible() -> None:
+    """In the child, before exec: Ctrl-C as a terminal delivers it. A shell starts background jobs
+    with SIGINT ignored, a child inherits that, and Python then installs no KeyboardInterrupt
+    handler: without this the tests fail whenever the suite runs as a background job."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def shopstream(*args, env=None, input=None, timeout=120):
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "stream", *args], capture_output=True, input=input,
@@ -81,7 +88,8 @@ def test_demo_prints_recommendations_and_ctrl_c_leaves_nothing_behind(index_snap
     env = {**os.environ, "SHOPSTREAM_INDEX_PATH": str(index_snapshot), "SHOPSTREAM_ENCODER_BACKEND": "torch",
            "SHOPSTREAM_SESSION_ENCODER": "pooling", "PYTHONUNBUFFERED": "1"}    # the text-space test index
     proc = subprocess.Popen([sys.executable, "-m", "stream", "demo", "--rate", "40", "--data-dir", str(tmp_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                            preexec_fn=_interruptible)
     lines, procs = [], set()
     deadline = time.monotonic() + 180
     try:
@@ -112,7 +120,7 @@ def test_broker_command_serves_kafka_and_stops_cleanly():
     import socket
 
     proc = subprocess.Popen([sys.executable, "-m", "stream", "broker"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+                            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_interruptible)
     try:
         line = ""
         deadline = time.monotonic() + 30
