@@ -35,6 +35,9 @@ class OnnxRuntimeSessionRunner:
         out = self._session.run(None, {"vectors": vectors, "kinds": kinds, "gaps": gaps})[0]
         return out.astype(np.float32, copy=False)
 
+    def close(self) -> None:
+        self._session = None
+
 
 #: Sessions up to these many events run together, cut to the longest of their group.
 LENGTH_GROUPS: tuple[int, ...] = (8, 16, 32)
@@ -66,6 +69,3 @@ def run_by_length(run, vectors: np.ndarray, kinds: np.ndarray, gaps: np.ndarray,
             out = np.zeros((n, got.shape[1]), dtype=np.float32)
         out[rows] = got
     return out
-
-    def close(self) -> None:
-        self._session = None

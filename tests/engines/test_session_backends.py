@@ -83,6 +83,16 @@ def test_one_runner_call_per_worker_batch(artifact):
     assert len(calls) == 1 and calls[0][0] == sum(1 for x in s if len(x))
 
 
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_an_encoder_closes_on_every_cpu_backend(artifact, backend):
+    """``shopstream bench session`` closes each encoder it timed; the ONNX Runtime runner once had
+    no ``close`` and the command ended in a traceback."""
+    enc, _ = embed_with(artifact, backend)
+    enc.close()
+    assert enc.runner is None
+    enc.close()                      # twice is harmless
+
+
 def _with_ranking_check(artifact, tmp_path, int8_ndcg: float):
     import shutil
 
