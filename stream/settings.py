@@ -50,7 +50,7 @@ class Settings:
     session_timeout_s: float = 10.0          # consumer group: a worker silent this long is replaced
     send_unready_after_s: float = 30.0       # a send to Kafka still undelivered after this long: /ready answers 503
     # -- processing --------------------------------------------------------------------------------
-    batch_size: int = 256                    # most events per micro-batch
+    batch_size: int = 1024                   # most events per micro-batch (reached only under load)
     batch_wait_ms: int = 20                  # longest wait to fill a micro-batch
     buffer_events: int = 16_384              # fetched events a worker holds before it stops fetching (Faust's stream_buffer_maxsize)
     fetch_max_bytes: int = 8 * 1024 * 1024   # most bytes one fetch response holds, all partitions (aiokafka fetch_max_bytes)
