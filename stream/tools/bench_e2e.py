@@ -81,6 +81,54 @@ def _prepared(settings: Settings, events, partitions: int) -> list[tuple[bytes, 
     return out
 
 
+def measure_core(settings: Settings, events, partitions: int) -> dict:
+    """The pipeline core alone on the same messages: no broker, no Faust, no process boundary.
+
+    In this process, with the worker's services and pipeline (``build_pipeline``), cut into the
+    worker's full batches (``batch_size``), sessions in a dict, the start-up heap frozen as a worker
+    freezes it (:mod:`stream.live.heap`); models and the query cache start cold, as a new worker's
+    do. Its events/s is what one worker's batch thread could carry if taking, publishing and acking
+    events cost nothing: the bound of the core, beside the broker's ceiling."""
+    import gc
+
+    from stream.core.dead_letters import Message
+    from stream.live.app import build_pipeline
+    from stream.live.services import load_services
+
+    services = load_services(settings)
+    try:
+        pipeline = build_pipeline(settings, services)
+        stamp = b"%d}" % int(time.time() * 1000)
+        now = time.monotonic()
+        messages = [Message(key, payload + stamp if eid is not None else payload, settings.events_topic, part,
+                            offset, (), now)
+                    for offset, (key, part, payload, eid) in enumerate(_prepared(settings, events, partitions))]
+        store: dict[tuple[int, bytes], bytes] = {}
+
+        def read(partition: int, key: bytes) -> bytes | None:
+            return store.get((partition, key))
+
+        gc.collect()
+        gc.freeze()
+        recommendations = dead = 0
+        t0 = time.perf_counter()
+        for start in range(0, len(messages), settings.batch_size):
+            result = pipeline.process(messages[start:start + settings.batch_size], read)
+            for w in result.state_writes:
+                if w.value is None:
+                    store.pop((w.partition, w.key), None)
+                else:
+                    store[(w.partition, w.key)] = w.value
+            recommendations += len(result.recommendations)
+            dead += len(result.dead_letters)
+        elapsed = time.perf_counter() - t0
+        gc.unfreeze()
+    finally:
+        services.encoder.close()
+    return {"events_per_second": round(len(messages) / elapsed, 1), "seconds": round(elapsed, 3),
+            "recommendations": recommendations, "dead_lettered": dead}
+
+
 SEND_CHUNK = 1000      # events stamped with one send time and appended to the batches at once
 
 
@@ -433,6 +481,7 @@ def run_e2e_bench(*, n_events: int, rate: float | None, users: int | None = None
         encoder = load_text_encoder(settings)
         events = scripted_events(n_events, index, encoder, bad_share, run_id, users)
         encoder.close()
+        core = measure_core(settings, events, partitions) if with_ceiling else None
         driver = measure_driver(settings, events, run_id) if with_ceiling else None
         ceiling = measure_ceiling(settings, events, run_id, data_dir) if with_ceiling else None
         asyncio.run(ensure_topics(settings))
@@ -455,6 +504,12 @@ def run_e2e_bench(*, n_events: int, rate: float | None, users: int | None = None
                 result["driver_over_ceiling"] = round(driver["events_per_second"] / ceiling["events_per_second"], 2)
             if ceiling["events_per_second"] and result["events_per_second"]:
                 result["fraction_of_ceiling"] = round(result["events_per_second"] / ceiling["events_per_second"], 3)
+            result["core_events_per_second"] = core["events_per_second"]
+            result["core_dead_lettered"] = core["dead_lettered"]
+            if ceiling["events_per_second"]:
+                result["core_fraction_of_ceiling"] = round(core["events_per_second"] / ceiling["events_per_second"], 3)
+            if core["events_per_second"] and result["events_per_second"]:
+                result["fraction_of_core"] = round(result["events_per_second"] / core["events_per_second"], 3)
         result.update(users=users, machine=_machine(), encoder_artifact=str(settings.encoder_artifact or ""),
                       session_encoder=str(settings.session_encoder), partitions=partitions, index_products=len(index),
                       batch_size=settings.batch_size, batch_wait_ms=settings.batch_wait_ms, workers=workers,
@@ -483,6 +538,11 @@ def render(r: dict) -> None:
         click.echo(f"broker ceiling     {r['ceiling_events_per_second']} events/s (plain aiokafka group forwarding "
                    f"each message, same broker, partitions and messages; {r['ceiling_missing']} missing): "
                    f"shopstream at {r.get('fraction_of_ceiling', 0):.1%} of it")
+    if r.get("core_events_per_second"):
+        click.echo(f"core alone         {r['core_events_per_second']} events/s (the pipeline core in one process, "
+                   f"same messages and batch size, no broker; {r['core_dead_lettered']} dead-lettered): "
+                   f"{r.get('core_fraction_of_ceiling', 0):.1%} of the ceiling; "
+                   f"shopstream at {r.get('fraction_of_core', 0):.1%} of it")
     click.echo(f"latency (ms)       p50 {lat['p50']}  p95 {lat['p95']}  p99 {lat['p99']}  max {lat['max']}")
     st = r.get("latency_after_first_second_ms")
     if st:

@@ -59,3 +59,28 @@ def test_the_forwarder_ceiling_copies_every_message(broker, tmp_path):
     r = measure_ceiling(settings, events, uuid.uuid4().hex[:8], tmp_path)
     assert r["events_per_second"] and r["events_per_second"] > 0
     assert (r["reflected"], r["missing"]) == (1000, 0)
+
+
+def test_the_core_alone_runs_the_workers_pipeline_on_the_same_messages(settings_factory, catalog_products):
+    """The bench's in-run bound for one worker: the real pipeline (real encoder, real index) on the
+    same prepared messages, in the worker's batches; malformed ones dead-lettered as a worker does."""
+    from stream.tools.bench_e2e import measure_core
+
+    settings = settings_factory(batch_size=64)
+    run = uuid.uuid4().hex[:6]
+    events: list[tuple[bytes, dict | bytes]] = []
+    for i in range(300):
+        user = f"u{i % 23}"
+        ev = {"event_id": f"{run}-{i}", "type": "view", "user_id": user, "session_id": f"s-{user}",
+              "item_id": catalog_products[i % 50].id}
+        if i % 10 == 0:
+            ev = {"event_id": f"{run}-{i}", "type": "search", "user_id": user, "session_id": f"s-{user}",
+                  "query": "red heart candle holder"}
+        events.append((user.encode(), ev))
+        if i % 100 == 0:
+            events.append((user.encode(), b'{"event_id": "broken'))
+    r = measure_core(settings, events, settings.partitions)
+    assert r["events_per_second"] > 0 and r["seconds"] > 0
+    assert r["dead_lettered"] == 3
+    # each batch of 64 messages recommends once per shopper in it: 23 shoppers, 5 batches
+    assert 23 <= r["recommendations"] <= 5 * 23
