@@ -10,6 +10,8 @@ An artifact is a folder::
     session_encoder.onnx        the user tower (fp32); .fp16.onnx and .int8.onnx variants optional
     item_tower.onnx             text vector -> product vector (absent when there is no item tower)
     item_ids.txt                with id vectors: the product id of each learned row
+    id_vectors.fp16.npy         optional: the id vectors in fp16, kept out of weights.pt
+                                (:func:`store_id_vectors_fp16`, for an artifact that ships)
 
 The index holds each product's vector in the model's product space: with an item tower or id vectors
 it must be built from :meth:`TrainedSessionEncoder.item_vectors` of the title vectors and the
@@ -38,6 +40,8 @@ ONNX_FILES = {"fp32": "session_encoder.onnx", "fp16": "session_encoder.fp16.onnx
               "int8": "session_encoder.int8.onnx"}
 ITEM_TOWER_ONNX = "item_tower.onnx"
 ITEM_IDS = "item_ids.txt"      # with id vectors: the product id of each learned row, one a line
+ID_VECTORS = "id_vectors.fp16.npy"   # optional: the id vectors (``id_emb.weight``) in fp16, not in weights.pt
+ID_TABLE = "id_emb.weight"
 
 
 def read_manifest(folder: str | Path) -> dict:
@@ -86,6 +90,36 @@ def save_artifact(model, out_dir: str | Path, *, text_model_version: str, record
     return out_dir
 
 
+def store_id_vectors_fp16(folder: str | Path) -> str:
+    """Move an artifact's id vectors out of ``weights.pt`` into ``id_vectors.fp16.npy``, in fp16:
+    half the bytes of the largest part of a model with id vectors (3,768 x 384 fp32 are 5.8 MB).
+    The weights change (rounded), so the model gets a new version, the hash of both files; the
+    manifest keeps the one it had as ``id_vectors_fp16.from``. Returns the new version."""
+    import io
+
+    import torch
+
+    folder = Path(folder)
+    m = read_manifest(folder)
+    state = torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True)
+    if ID_TABLE not in state:
+        raise ArtifactError(f"{folder}: no id vectors in {WEIGHTS}")
+    table = state.pop(ID_TABLE).numpy().astype(np.float16)
+    buf = io.BytesIO()
+    np.save(buf, table, allow_pickle=False)
+    ids_raw = buf.getvalue()
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    raw = buf.getvalue()
+    (folder / WEIGHTS).write_bytes(raw)
+    (folder / ID_VECTORS).write_bytes(ids_raw)
+    version = "session-tf-" + hashlib.sha256(raw + ids_raw).hexdigest()[:12]
+    m["id_vectors_fp16"] = {"from": m["model_version"], "rows": int(table.shape[0])}
+    m["model_version"] = version
+    (folder / MANIFEST).write_text(json.dumps(m, indent=2, default=_plain), encoding="utf-8")
+    return version
+
+
 def _plain(obj):
     if isinstance(obj, np.generic):
         return obj.item()
@@ -103,8 +137,11 @@ def load_torch_model(folder: str | Path):
     model = SessionTransformer(ModelConfig(**m["config"]))
     try:
         state = torch.load(Path(folder) / WEIGHTS, map_location="cpu", weights_only=True)
+        ids = Path(folder) / ID_VECTORS
+        if ID_TABLE not in state and ids.is_file():
+            state[ID_TABLE] = torch.from_numpy(np.load(ids, allow_pickle=False).astype(np.float32))
         model.load_state_dict(state)
-    except (OSError, RuntimeError) as exc:
+    except (OSError, RuntimeError, ValueError) as exc:
         raise ArtifactError(f"{folder}/{WEIGHTS}: cannot load weights: {exc}") from None
     model.eval()
     return model

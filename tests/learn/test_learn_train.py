@@ -158,6 +158,21 @@ def test_id_plus_text_model_serves_a_product_added_after_training(tmp_path, slic
                     [now])
     assert np.linalg.norm(out[0]) == pytest.approx(1.0, abs=1e-5)
 
+    # shipped with its id vectors in fp16, out of weights.pt: a new version, the same product space
+    import torch
+
+    from engines.session_model import ID_TABLE, ID_VECTORS, WEIGHTS, read_manifest, store_id_vectors_fp16
+
+    before = read_manifest(art)["model_version"]
+    version = store_id_vectors_fp16(art)
+    assert version != before and read_manifest(art)["id_vectors_fp16"]["from"] == before
+    assert ID_TABLE not in torch.load(art / WEIGHTS, weights_only=True)
+    assert np.load(art / ID_VECTORS).dtype == np.float16
+    small = load_session_encoder(art)
+    assert small.items_version == version
+    assert np.abs(small.item_vectors(vecs[:5], item_ids=data.item_ids[:5]) - known).max() < 2e-3
+    assert np.allclose(small.item_vectors(vecs[:5]), titles, atol=1e-6)
+
 
 def test_validation_every_n_epochs_keeps_the_best_validated_epoch(slice_data):
     """--eval-every 2 over 3 epochs: full-ranking validation after epochs 2 and 3 only (the last

@@ -34,6 +34,9 @@ def test_the_default_is_the_shipped_model_and_pooling_is_a_choice(tmp_path):
     assert {"fp32", "fp16", "int8"} <= set(m["ranking_check"]) and m["ranking_check"]["fold"] == "valid"
     size = sum(p.stat().st_size for p in SHIPPED_SESSION_ENCODER.iterdir())
     assert size < 10 * 2**20, f"the shipped artifact grew to {size / 2**20:.1f} MiB"
+    big = [p.name for p in SHIPPED_SESSION_ENCODER.iterdir() if p.stat().st_size > 3 * 2**20]
+    assert not big, f"files over 3 MiB in the repository: {big}"
+    assert m["id_vectors_fp16"]["rows"] == m["config"]["item_ids"]      # the id vectors ship in fp16
 
 
 def test_a_product_added_after_training_gets_its_vector_from_its_title(text_encoder, catalog_products):
