@@ -80,7 +80,7 @@ def save_artifact(model, out_dir: str | Path, *, text_model_version: str, record
         if item_ids is None or len(item_ids) < model.cfg.item_ids:
             raise ArtifactError(f"a model with {model.cfg.item_ids} id vectors needs that many product ids")
         (out_dir / ITEM_IDS).write_text("".join(f"{pid}\n" for pid in item_ids[:model.cfg.item_ids]), encoding="utf-8")
-    version = "session-tf-" + hashlib.sha256(raw).hexdigest()[:12]
+    version = _version(raw)
     manifest = {"format": FORMAT, "kind": "session-encoder", "model_version": version,
                 "text_model_version": text_model_version, "dim": model.cfg.text_dim,
                 "item_space": "item-tower" if model.cfg.item_tower else "text",
@@ -113,11 +113,16 @@ def store_id_vectors_fp16(folder: str | Path) -> str:
     raw = buf.getvalue()
     (folder / WEIGHTS).write_bytes(raw)
     (folder / ID_VECTORS).write_bytes(ids_raw)
-    version = "session-tf-" + hashlib.sha256(raw + ids_raw).hexdigest()[:12]
+    version = _version(raw, ids_raw)
     m["id_vectors_fp16"] = {"from": m["model_version"], "rows": int(table.shape[0])}
     m["model_version"] = version
     (folder / MANIFEST).write_text(json.dumps(m, indent=2, default=_plain), encoding="utf-8")
     return version
+
+
+def _version(*stored: bytes) -> str:
+    """A model's version: the hash of the bytes its weights are stored as."""
+    return "session-tf-" + hashlib.sha256(b"".join(stored)).hexdigest()[:12]
 
 
 def _plain(obj):
