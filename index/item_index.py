@@ -94,6 +94,9 @@ class ItemIndex:
         self._structure = None
         self._lock = threading.RLock()
         self._write_lock = threading.RLock()
+        #: Counts every change to what a search can return (vectors, records, removals); a result
+        #: kept from an earlier search stands only while it is unchanged.
+        self.revision = 0
 
     # -- construction -------------------------------------------------------------------------
     def _new_structure(self, n: int):
@@ -150,6 +153,7 @@ class ItemIndex:
 
     def _add(self, products: Sequence[Product], vectors: np.ndarray) -> None:
         start = len(self._pid_at)
+        self.revision += 1
         for p in products:
             old = self._slot_of.get(p.id)
             if old is not None:
@@ -166,6 +170,7 @@ class ItemIndex:
             if product.id not in self.products:
                 raise UnknownProductError(product.id)
             self.products[product.id] = product
+            self.revision += 1
 
     def remove(self, product_ids: Iterable[str]) -> int:
         with self._write_lock, self._lock:
@@ -177,6 +182,8 @@ class ItemIndex:
                 self._pid_at[slot] = None
                 self.products.pop(pid, None)
                 n += 1
+            if n:
+                self.revision += 1
         if n:
             self._maybe_compact()
         return n
@@ -201,6 +208,7 @@ class ItemIndex:
                 self._structure = fresh
                 self._pid_at = list(pids)
                 self._slot_of = {pid: i for i, pid in enumerate(pids)}
+                self.revision += 1
         log.info("compacted %s index: %d tombstones dropped, %d products", self.search_kind, dead, len(pids))
         return dead
 

@@ -86,6 +86,7 @@ class Settings:
     session_encoder: str = "default"         # default (the shipped trained model) | pooling | artifact path
     session_backend: str = "auto"            # auto | torch | onnxruntime | torch-cuda | tensorrt
     query_cache_size: int = 50_000
+    one_event_results: int = 8192            # kept vectors and candidates of one-event sessions (0: none)
     index_kind: str = "auto"                 # auto | flat | hnsw | ivf, for `shopstream index build`
     index_device: str = "auto"               # auto | cpu | cuda: where the worker searches (logged)
     index_watch_s: float = 5.0               # poll the snapshot path for a new version; 0: never
@@ -141,6 +142,8 @@ class Settings:
                      "session_max_queries", "session_max_purchased", "max_event_bytes", "query_cache_size"):
             if getattr(self, name) < 1:
                 bad(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.one_event_results < 0:
+            bad(f"one_event_results must not be negative, got {self.one_event_results}")
         if self.buffer_events < self.batch_size:
             bad(f"buffer_events must be at least batch_size ({self.batch_size}), got {self.buffer_events}")
         if self.fetch_partition_max_bytes < 1024:

@@ -20,6 +20,10 @@ class Metrics:
 
     def observe_index(self, seconds: float) -> None: ...
 
+    def on_one_event_results(self, kept: int, computed: int) -> None:
+        """A batch's sessions: ``kept`` took the result of an earlier one-event session like them,
+        ``computed`` were encoded and searched."""
+
     def observe_end_to_end(self, seconds: float) -> None: ...
 
     def on_served(self, variant: str, model: str, n: int = 1) -> None:
@@ -49,6 +53,7 @@ class Metrics:
 
     def on_control_record_skipped(self, kind: str, reason: str) -> None:
         """A control record (``kind``: catalog, forget, models) that is not valid was logged and skipped."""
+
     def on_artifact_fetched(self, size: int) -> None:
         """Bytes of a registry artifact downloaded into this host's cache."""
 

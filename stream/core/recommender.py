@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Sequence
@@ -57,6 +57,46 @@ class IndexHolder:
         return old
 
 
+class OneEventResults:
+    """The vector and candidates of sessions of one event, kept for the next session like it.
+
+    A session that holds one event -- a new shopper's first, most of a shop's traffic from outside
+    -- gets a vector and candidates that are a function of that event alone: its type, its product
+    or query, the products excluded for it and the time since it (zero), for one index revision,
+    one pair of encoders and one ``top_k``. The next session that starts the same way takes them
+    from here, without an encoder call or a search. Bounded (the least recently used go first) and
+    emptied whenever the index, an encoder or ``top_k`` changes. ``size`` 0 keeps nothing.
+    """
+
+    def __init__(self, size: int = 8192) -> None:
+        self.size = size
+        self._kept: OrderedDict[tuple, tuple[np.ndarray, list[dict]]] = OrderedDict()
+        self._of: tuple = ()             # what the kept results were made with (held: ids stay unique)
+
+    def current(self, index: ItemIndex, session_encoder: Any, query_encoder: Any, top_k: int) -> "OneEventResults":
+        of = (index, index.revision, session_encoder, query_encoder, top_k)
+        if len(of) != len(self._of) or any(a is not b and a != b for a, b in zip(of, self._of)):
+            self._kept.clear()
+            self._of = of
+        return self
+
+    def get(self, key: tuple) -> tuple[np.ndarray, list[dict]] | None:
+        got = self._kept.get(key)
+        if got is not None:
+            self._kept.move_to_end(key)
+        return got
+
+    def put(self, key: tuple, vector: np.ndarray, items: list[dict]) -> None:
+        if self.size <= 0:
+            return
+        self._kept[key] = (vector.copy(), items)     # a copy: a row would hold the batch's array
+        if len(self._kept) > self.size:
+            self._kept.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+
 @dataclass
 class Recommender:
     index: IndexHolder
@@ -69,6 +109,7 @@ class Recommender:
     metrics: Metrics = field(default_factory=Metrics)
     popularity: Counter = field(default_factory=Counter)
     variant: str = "default"                 # the A/B variant this recommender serves (stream.core.variants)
+    one_event: OneEventResults = field(default_factory=OneEventResults)
 
     @property
     def model_version(self) -> str:
@@ -86,33 +127,38 @@ class Recommender:
                 if e.item_id is not None:
                     self.popularity[e.item_id] += 1
         timelines = [timeline(ub.state) for ub in batch]
-        query_texts = sorted({v for tl in timelines for kind, v, _ in tl if kind == "search"})
-        t0 = time.perf_counter()
-        query_vecs = dict(zip(query_texts, self.queries.encode(query_texts))) if query_texts else {}
-        self.metrics.observe_encoder(time.perf_counter() - t0)
-        product_ids = sorted({v for tl in timelines for kind, v, _ in tl if kind != "search" and v in index})
-        product_vecs = dict(zip(product_ids, index.vectors_of(product_ids))) if product_ids else {}
-
-        sequences, now = [], []
-        for ub, tl in zip(batch, timelines):
-            rows = [(kind, (query_vecs if kind == "search" else product_vecs).get(v), ts) for kind, v, ts in tl]
-            rows = [r for r in rows if r[1] is not None]
-            vecs = np.stack([r[1] for r in rows]) if rows else np.zeros((0, index.dim), np.float32)
-            sequences.append(SessionSequence(vecs, [r[0] for r in rows], np.array([r[2] for r in rows])))
-            now.append(max(e.ts for e in ub.events))
-        user_vecs = self.session_encoder.embed(sequences, now)
         exclusions = [excluded_products(ub.state, self.limits) for ub in batch]
-        t0 = time.perf_counter()
-        found = index.search(user_vecs, self.top_k, exclude=exclusions)
-        self.metrics.observe_index(time.perf_counter() - t0)
+        now = [max(e.ts for e in ub.events) for ub in batch]
+        kept = self.one_event.current(index, self.session_encoder, self.queries.encoder, self.top_k)
+        keys: list[tuple | None] = [None] * len(batch)
+        known: dict[int, tuple[np.ndarray, list[dict]]] = {}
+        for i, (tl, excl) in enumerate(zip(timelines, exclusions)):
+            if len(tl) == 1:                 # a session of one event: its result is a function of it
+                kind, value, ts = tl[0]
+                keys[i] = key = (kind, value, now[i] - ts, frozenset(excl))
+                got = kept.get(key)
+                if got is not None:
+                    known[i] = got
+        todo = [i for i in range(len(batch)) if i not in known] if known else list(range(len(batch)))
+        fresh = self._search(index, [timelines[i] for i in todo], [now[i] for i in todo],
+                             [exclusions[i] for i in todo]) if todo else []
+        results: list[tuple[np.ndarray, list[dict] | None]] = [None] * len(batch)   # type: ignore[list-item]
+        for i, got in known.items():
+            results[i] = got
+        for i, (vec, cands) in zip(todo, fresh):
+            if not vec.any():              # the method: np.any() costs ~10 us of Python per call
+                results[i] = (vec, None)
+                continue
+            items = [{"product_id": c.product_id, "score": round(c.score, 6)} for c in cands]
+            results[i] = (vec, items)
+            if keys[i] is not None:
+                kept.put(keys[i], vec, items)
+        self.metrics.on_one_event_results(len(known), len(todo))
 
         produced_at = iso(self._now())
         recs = []
-        for ub, vec, cands, excl in zip(batch, user_vecs, found, exclusions):
-            if not vec.any():              # the method: np.any() costs ~10 us of Python per call
-                items = self._popular(index, excl)
-            else:
-                items = [{"product_id": c.product_id, "score": round(c.score, 6)} for c in cands]
+        for ub, (vec, items), excl in zip(batch, results, exclusions):
+            items = self._popular(index, excl) if items is None else list(items)
             event_ids = [e.event_id for e in ub.events]
             rec: dict[str, Any] = {
                 "schema_version": SCHEMA_VERSION,
@@ -134,6 +180,28 @@ class Recommender:
                                  "items": self.rerank(index, vec, search.results)}
             recs.append(rec)
         return recs
+
+    def _search(self, index: ItemIndex, timelines: list, now: list[float],
+                exclusions: list[set[str]]) -> list[tuple[np.ndarray, list]]:
+        """Each session's vector (one batched encoder call) and its candidates (one batched search)."""
+        query_texts = sorted({v for tl in timelines for kind, v, _ in tl if kind == "search"})
+        t0 = time.perf_counter()
+        query_vecs = dict(zip(query_texts, self.queries.encode(query_texts))) if query_texts else {}
+        self.metrics.observe_encoder(time.perf_counter() - t0)
+        product_ids = sorted({v for tl in timelines for kind, v, _ in tl if kind != "search" and v in index})
+        product_vecs = dict(zip(product_ids, index.vectors_of(product_ids))) if product_ids else {}
+
+        sequences = []
+        for tl in timelines:
+            rows = [(kind, (query_vecs if kind == "search" else product_vecs).get(v), ts) for kind, v, ts in tl]
+            rows = [r for r in rows if r[1] is not None]
+            vecs = np.stack([r[1] for r in rows]) if rows else np.zeros((0, index.dim), np.float32)
+            sequences.append(SessionSequence(vecs, [r[0] for r in rows], np.array([r[2] for r in rows])))
+        user_vecs = self.session_encoder.embed(sequences, now)
+        t0 = time.perf_counter()
+        found = index.search(user_vecs, self.top_k, exclude=exclusions)
+        self.metrics.observe_index(time.perf_counter() - t0)
+        return list(zip(user_vecs, found))
 
     def rerank(self, index: ItemIndex, user_vec: np.ndarray, results: Sequence[str]) -> list[dict]:
         """Blend the storefront's order with the shopper's affinity.

@@ -14,7 +14,7 @@ from engines import (
 )
 from index import ItemIndex, SnapshotError, load_snapshot
 from stream.core.metrics import Metrics
-from stream.core.recommender import IndexHolder, Recommender
+from stream.core.recommender import IndexHolder, OneEventResults, Recommender
 from stream.core.schema import EventValidator
 from stream.core.session_state import SessionLimits
 from stream.core.variants import DEFAULT_VARIANT, Arm, VariantRecommender
@@ -160,7 +160,7 @@ def load_arm(settings: Settings, services: "Services", name: str, weight: float,
     base = services.recommender
     recommender = Recommender(index=holder, queries=base.queries, session_encoder=session, limits=base.limits,
                               top_k=base.top_k, search_blend=base.search_blend, metrics=base.metrics,
-                              variant=name)
+                              variant=name, one_event=OneEventResults(settings.one_event_results))
     log.info("variant %s (weight %g): session model %s, index %s", name, weight, session.model_version,
              holder.current.version)
     return Arm(name, weight, recommender, products)
@@ -180,7 +180,8 @@ def load_services(settings: Settings, metrics: Metrics | None = None) -> Service
     recommender = Recommender(
         index=holder, queries=QueryEmbeddingCache(encoder, settings.query_cache_size),
         session_encoder=session_encoder, limits=limits,
-        top_k=settings.top_k, search_blend=settings.search_blend, metrics=metrics)
+        top_k=settings.top_k, search_blend=settings.search_blend, metrics=metrics,
+        one_event=OneEventResults(settings.one_event_results))
     min_ts = datetime.fromisoformat(settings.min_event_time).timestamp()
     validator = EventValidator(max_bytes=settings.max_event_bytes, min_ts=min_ts,
                                max_future_skew_s=settings.max_future_skew_s,

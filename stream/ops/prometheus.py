@@ -6,7 +6,7 @@ process; the worker serves it at ``/metrics`` on its web server.
 from __future__ import annotations
 
 import logging
-from typing import Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from stream.core.metrics import Metrics
 from stream.errors import ConfigError
@@ -52,6 +52,10 @@ class PrometheusMetrics(Metrics):
                                             buckets=LATENCY_BUCKETS, registry=r)
         self.index_seconds = pc.Histogram("shopstream_index_seconds", "Index search time per batch.",
                                           buckets=LATENCY_BUCKETS, registry=r)
+        self.sessions_recommended = pc.Counter(
+            "shopstream_sessions_recommended", "Sessions recommended for, by how: 'kept' took the result of an "
+            "earlier one-event session like it (no encoder call, no search), 'computed' were encoded and searched.",
+            ["how"], registry=r)
         self.e2e_seconds = pc.Histogram("shopstream_end_to_end_seconds",
                                         "From the event time to the recommendation's publication.",
                                         buckets=E2E_BUCKETS, registry=r)
@@ -87,6 +91,7 @@ class PrometheusMetrics(Metrics):
         self.artifact_refused = pc.Counter("shopstream_registry_refused",
                                            "Registry artifacts refused (not fetched, or failing the sha256 check).",
                                            ["reason"], registry=r)
+        self._events_in: dict[str, Any] = {}
         self._lag_source: LagSource | None = None
         self._restore_source: Callable[[], Mapping[str, Mapping[str, int]]] | None = None
         r.register(_LagCollector(self))
@@ -94,7 +99,10 @@ class PrometheusMetrics(Metrics):
 
     # -- the Metrics interface --------------------------------------------------------------------
     def on_event_in(self, event_type: str) -> None:
-        self.events_in.labels(event_type).inc()
+        child = self._events_in.get(event_type)        # ``labels()`` per event was 4% of the core
+        if child is None:
+            child = self._events_in[event_type] = self.events_in.labels(event_type)
+        child.inc()
 
     def on_dead_letter(self, reason: str) -> None:
         self.dead_letters.labels(reason).inc()
@@ -111,6 +119,12 @@ class PrometheusMetrics(Metrics):
 
     def observe_index(self, seconds: float) -> None:
         self.index_seconds.observe(seconds)
+
+    def on_one_event_results(self, kept: int, computed: int) -> None:
+        if kept:
+            self.sessions_recommended.labels("kept").inc(kept)
+        if computed:
+            self.sessions_recommended.labels("computed").inc(computed)
 
     def observe_end_to_end(self, seconds: float) -> None:
         self.e2e_seconds.observe(max(seconds, 0.0))

@@ -1,13 +1,16 @@
 """The batch recommender with the real model and a real FAISS index (no broker)."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from engines import PoolingSessionEncoder, QueryEmbeddingCache
 from index import load_snapshot
 from stream.core import session_state as ss
-from stream.core.recommender import IndexHolder, Recommender, UserBatch
+from stream.core.metrics import Metrics
+from stream.core.recommender import IndexHolder, OneEventResults, Recommender, UserBatch
 from stream.core.schema import Event
 from stream.core.session_state import SessionLimits
 
@@ -96,3 +99,83 @@ def test_query_cache_hits_repeat_queries(text_encoder):
     assert cache.hits == 2 and cache.misses == 3
     np.testing.assert_allclose(v1[0], v2[0])
     assert np.allclose(np.linalg.norm(v2, axis=1), 1.0, atol=1e-5)
+
+
+class Counted(Metrics):
+    def __init__(self) -> None:
+        self.kept = self.computed = 0
+
+    def on_one_event_results(self, kept: int, computed: int) -> None:
+        self.kept += kept
+        self.computed += computed
+
+
+def _keeping(index_holder, recommender, size: int) -> Recommender:
+    return Recommender(index=index_holder, queries=recommender.queries, session_encoder=recommender.session_encoder,
+                       top_k=10, metrics=Counted(), one_event=OneEventResults(size))
+
+
+def _first_events(catalog_products, tag: str, n0: int) -> list[UserBatch]:
+    """New shoppers, one event each: a view, an add-to-cart, a purchase and a search with results."""
+    p, q = catalog_products[30].id, catalog_products[40].id
+    events = [ev(n0, "view", p, user=f"{tag}1"), ev(n0 + 1, "add_to_cart", q, user=f"{tag}2"),
+              ev(n0 + 2, "purchase", p, user=f"{tag}3"),
+              ev(n0 + 3, "search", query="heart t-light holder", results=(p, q, catalog_products[50].id),
+                 user=f"{tag}4")]
+    return [UserBatch(e.user_id, fold_all([e]), [e]) for e in events]
+
+
+def _served(rec):
+    search = rec.get("search")
+    return rec["items"], search and (search["query"], search["items"])
+
+
+def test_a_one_event_session_takes_the_result_kept_from_one_like_it(recommender, catalog_products):
+    keeping, plain = _keeping(recommender.index, recommender, 64), _keeping(recommender.index, recommender, 0)
+    first = keeping.recommend(_first_events(catalog_products, "a", 1))
+    assert (keeping.metrics.kept, keeping.metrics.computed, len(keeping.one_event)) == (0, 4, 4)
+    again = keeping.recommend(_first_events(catalog_products, "b", 11))       # other shoppers, same first events
+    assert (keeping.metrics.kept, keeping.metrics.computed) == (4, 4)
+    computed = plain.recommend(_first_events(catalog_products, "b", 11))
+    assert plain.metrics.kept == 0 and len(plain.one_event) == 0
+    assert [_served(r) for r in again] == [_served(r) for r in computed] == [_served(r) for r in first]
+    assert [r["user_id"] for r in again] == ["b1", "b2", "b3", "b4"]
+    assert [r["recommendation_id"] for r in again] == [r["recommendation_id"] for r in computed]
+    assert again[3]["search"]["items"] and again[0]["items"][0]["product_id"] != catalog_products[30].id
+
+    # a session of two events is never taken from there, nor kept
+    two = [ev(21, "view", catalog_products[30].id, user="c"), ev(22, "view", catalog_products[40].id, user="c")]
+    keeping.recommend([UserBatch("c", fold_all(two), two)])
+    assert (keeping.metrics.kept, keeping.metrics.computed, len(keeping.one_event)) == (4, 5, 4)
+
+
+def test_kept_results_follow_exclusions_and_every_change_of_the_index(index_snapshot, recommender, catalog_products):
+    holder = IndexHolder(load_snapshot(index_snapshot))          # this test changes its index
+    keeping = _keeping(holder, recommender, 64)
+    view = catalog_products[30].id
+    newcomer = [ev(1, "view", view, user="n1")]
+    top = keeping.recommend([UserBatch("n1", fold_all(newcomer), newcomer)])[0]["items"][0]["product_id"]
+
+    # a returning shopper whose one-event session carries an earlier purchase: other exclusions, other result
+    limits = SessionLimits()
+    earlier = fold_all([ev(0, "purchase", top, user="r")])
+    returning = ss.fold(earlier, ev(5000, "view", view, user="r"), limits)
+    assert len(ss.timeline(returning)) == 1
+    items = keeping.recommend([UserBatch("r", returning, [ev(5000, "view", view, user="r")])])[0]["items"]
+    assert top not in [i["product_id"] for i in items] and keeping.metrics.kept == 0
+
+    # the index changes (the top product goes out of stock): nothing kept from before stands
+    again = [ev(2, "view", view, user="n2")]
+    assert keeping.recommend([UserBatch("n2", fold_all(again), again)])[0]["items"][0]["product_id"] == top
+    assert keeping.metrics.kept == 1
+    holder.current.update_product(replace(holder.current.products[top], in_stock=False))
+    third = [ev(3, "view", view, user="n3")]
+    items = keeping.recommend([UserBatch("n3", fold_all(third), third)])[0]["items"]
+    assert top not in [i["product_id"] for i in items] and keeping.metrics.kept == 1
+
+    # a new index swapped in: the same
+    keeping.recommend([UserBatch("n3", fold_all(third), third)])
+    assert keeping.metrics.kept == 2
+    holder.swap(load_snapshot(index_snapshot))
+    items = keeping.recommend([UserBatch("n4", fold_all(third), third)])[0]["items"]
+    assert items[0]["product_id"] == top and keeping.metrics.kept == 2

@@ -45,6 +45,10 @@ def test_metrics_endpoint_serves_every_metric_while_processing(settings_factory,
     assert value("shopstream_dead_lettered", "shopstream_dead_lettered_total", reason="not_json") == 1
     assert value("shopstream_recommendations_out", "shopstream_recommendations_out_total") >= 7
     assert value("shopstream_batch_events", "shopstream_batch_events_sum") == 40
+    # every recommendation's session was either computed or took a kept one-event result
+    assert value("shopstream_sessions_recommended", "shopstream_sessions_recommended_total") == \
+        value("shopstream_recommendations_out", "shopstream_recommendations_out_total")
+    assert value("shopstream_sessions_recommended", "shopstream_sessions_recommended_total", how="computed") >= 7
     for hist in ("shopstream_encoder_seconds", "shopstream_index_seconds", "shopstream_end_to_end_seconds",
                  "shopstream_batch_users"):
         assert value(hist, hist + "_count") >= 1, hist
