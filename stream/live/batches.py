@@ -640,29 +640,106 @@ async def _publish(producer: Any, sends: list, on_delivered: Callable[[tuple, An
     attempt = 0
     while pending:
         attempt += 1
-        futures, failed = [], []
-        for item in pending:
+        futures: list[tuple[list[tuple], Any]] = []     # (the items, the future of their delivery)
+        failed: list[tuple] = []
+
+        def fail(items: list[tuple], exc: BaseException) -> None:
+            failed.extend(_after_failure(item, exc, attempt) for item in items)
+            if watch is not None:
+                watch.error = f"{type(exc).__name__}: {exc}"
+
+        batched, single = _split_for_batches(producer, pending)
+        for item in single:
             topic, key, value, partition, headers = item
             try:
-                futures.append((item, await producer.send(topic, key, value, partition, None, headers)))
+                futures.append(([item], await producer.send(topic, key, value, partition, None, headers)))
             except Exception as exc:  # noqa: BLE001 - classified and retried below
-                failed.append(_after_failure(item, exc, attempt))
-                if watch is not None:
-                    watch.error = f"{type(exc).__name__}: {exc}"
-        for item, fut in futures:
+                fail([item], exc)
+        if batched:
+            await _send_batches(producer, batched, futures, fail)
+        for items, fut in futures:
             try:
                 metadata = await fut
             except Exception as exc:  # noqa: BLE001
-                failed.append(_after_failure(item, exc, attempt))
-                if watch is not None:
-                    watch.error = f"{type(exc).__name__}: {exc}"
+                fail(items, exc)
             else:
-                if on_delivered is not None:
-                    on_delivered(item, metadata)
+                if on_delivered is None:
+                    continue
+                if len(items) == 1:
+                    on_delivered(items[0], metadata)
+                else:                       # a record batch's metadata: the offset of its first record
+                    for i, item in enumerate(items):
+                        on_delivered(item, metadata._replace(offset=metadata.offset + i))
         if failed:
             await asyncio.sleep(delay)
             delay = min(delay * 2, MAX_SEND_BACKOFF_S)
         pending = failed
+
+
+def _split_for_batches(producer: Any, items: list[tuple]) -> tuple[list[tuple], list[tuple]]:
+    """(items to append to record batches, items to send one by one).
+
+    Faust's aiokafka producer takes whole record batches (``create_batch`` / ``send_batch``): a
+    record costs an append to its partition's batch instead of a send of its own through Faust's and
+    aiokafka's per-message path (12-17 us a record against 7-8 on the embedded broker; the worker
+    sends two records for every event). A topic with a record that has headers (dead letters, some
+    re-keyed events) goes one by one: a dead letter too large for the broker is sent again without
+    its value (:func:`_after_failure`), and a topic's records keep their order either way. So does
+    a keyless record without a partition (aiokafka picks one at random), and every record where
+    the producer is another driver's.
+    """
+    if getattr(producer, "_ensure_producer", None) is None:
+        return [], items
+    one_by_one = {item[0] for item in items if item[4]}
+    batched, single = [], []
+    for item in items:
+        if item[0] in one_by_one or (item[3] is None and item[1] is None):
+            single.append(item)
+        else:
+            batched.append(item)
+    return batched, single
+
+
+async def _send_batches(producer: Any, items: list[tuple], futures: list, fail: Callable[[list, BaseException], None]) -> None:
+    """Append ``items`` to one record batch per partition (a full one goes and another starts), in
+    their order; the partition of a keyed record without one is what the producer's partitioner
+    (Faust's ``producer.partitioner``, the one aiokafka is given) picks, as a send would."""
+    try:
+        kafka = producer._ensure_producer()             # Faust's aiokafka producer (NotReady before start)
+        for topic in dict.fromkeys(item[0] for item in items):
+            await kafka.client._wait_on_metadata(topic)
+    except Exception as exc:  # noqa: BLE001 - retried like any send
+        fail(items, exc)
+        return
+    cluster = kafka.client.cluster
+    partitioner = producer.partitioner
+    open_batches: dict[tuple[str, int], tuple[Any, list[tuple]]] = {}
+    places: dict[str, tuple[list[int], list[int]]] = {}
+
+    async def hand_over(topic: str, partition: int, builder: Any, batch_items: list[tuple]) -> None:
+        try:
+            futures.append((batch_items, await kafka.send_batch(builder, topic, partition=partition)))
+        except Exception as exc:  # noqa: BLE001 - retried like any send
+            fail(batch_items, exc)
+
+    for item in items:
+        topic, key, value, partition, _ = item
+        if partition is None:
+            place = places.get(topic)
+            if place is None:
+                place = places[topic] = (sorted(cluster.partitions_for_topic(topic) or ()),
+                                         sorted(cluster.available_partitions_for_topic(topic) or ()))
+            partition = partitioner(key, *place)
+        builder, batch_items = open_batches.get((topic, partition)) or (None, None)
+        if builder is None:
+            builder, batch_items = open_batches[(topic, partition)] = (kafka.create_batch(), [])
+        if builder.append(key=key, value=value, timestamp=None) is None:      # full: it goes, another starts
+            await hand_over(topic, partition, builder, batch_items)
+            builder, batch_items = open_batches[(topic, partition)] = (kafka.create_batch(), [])
+            builder.append(key=key, value=value, timestamp=None)
+        batch_items.append(item)
+    for (topic, partition), (builder, batch_items) in open_batches.items():
+        await hand_over(topic, partition, builder, batch_items)
 
 
 def feedback_record(hit: dict[str, Any]) -> bytes:

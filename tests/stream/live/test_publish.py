@@ -1,0 +1,58 @@
+"""The worker's sends on a real broker: record batches through Faust's own producer, every record
+where a send would put it, and each record's offset reported as Kafka gives it."""
+from __future__ import annotations
+
+import asyncio
+
+from stream.core.partitioner import partition_for
+from tests.kafka_io import read_topic
+
+
+def test_records_go_in_batches_to_their_partitions_and_report_their_offsets(settings_factory):
+    import faust
+
+    from stream.live.app import faust_options
+    from stream.live.batches import _split_for_batches, publish
+    from stream.ops.topics import TopicSpec, ensure_topics
+
+    settings = settings_factory(partitions=3)
+    changelog = f"{settings.app_id}-changelog-test"
+
+    async def scenario():
+        await ensure_topics(settings)
+        await ensure_topics(settings, [TopicSpec(changelog, 3)])
+        app = faust.App(settings.app_id, **faust_options(settings))       # its producer, as the worker's
+        producer = app.producer
+        await producer.start()
+        try:
+            recs = [(settings.recommendations_topic, f"user-{i}".encode(), b'{"n": %d}' % i, None, None)
+                    for i in range(1500)]
+            tombstone = (settings.recommendations_topic, b"user-7", None, None, None)
+            sessions = [(changelog, f"user-{i}".encode(), b"x" * 400, i % 3, None) for i in range(1500)]
+            letters = [(settings.dead_letter_topic, b"user-9", b"bad", None, [("reason", b"not_json")])]
+            sends = recs + [tombstone] + sessions + letters
+            batched, single = _split_for_batches(producer, sends)
+            assert single == letters and len(batched) == len(sends) - 1
+            delivered: list[tuple[tuple, int, int]] = []
+            await publish(producer, sends, on_delivered=lambda item, md: delivered.append((item, md.partition,
+                                                                                           md.offset)))
+            return delivered
+        finally:
+            await producer.stop()
+
+    delivered = asyncio.run(scenario())
+    assert len(delivered) == 3002
+    got = {}
+    for topic, want in ((settings.recommendations_topic, 1501), (changelog, 1500), (settings.dead_letter_topic, 1)):
+        for m in asyncio.run(read_topic(settings, topic, until=lambda ms, w=want: len(ms) >= w, timeout=30)):
+            got[(topic, m.partition, m.offset)] = (m.key, m.value, tuple(m.headers or ()))
+    assert len(got) == 3002                              # each record once
+    for (topic, key, value, partition, headers), p, offset in delivered:
+        assert got[(topic, p, offset)] == (key, value, tuple(headers or ()))   # where it was said to be
+        if topic == changelog:
+            assert p == partition
+        else:                                            # where aiokafka's (murmur2) partitioner puts the key
+            assert p == partition_for("murmur2", key, 3)
+    # a key's records keep their order: the tombstone follows user-7's recommendation
+    user7 = sorted((o, v) for (t, p, o), (k, v, _) in got.items() if t == settings.recommendations_topic and k == b"user-7")
+    assert [v for _, v in user7] == [b'{"n": 7}', None]
