@@ -75,6 +75,7 @@ GAP_RESEEK_S = 1.0                       # a seek back to a missing offset is re
 MAX_STORE_BACKOFF_S = 2.0                # a failing state store is retried at least this often
 FAULT_LOG_EVERY_S = 30.0                 # a fault that lasts is logged again this often
 MAX_RECOVER_BACKOFF_S = 10.0
+BATCH_SEND_MIN = 64                      # records in one publish from which they go in record batches
 
 
 class SendWatch:
@@ -687,8 +688,12 @@ def _split_for_batches(producer: Any, items: list[tuple]) -> tuple[list[tuple], 
     its value (:func:`_after_failure`), and a topic's records keep their order either way. So does
     a keyless record without a partition (aiokafka picks one at random), and every record where
     the producer is another driver's.
+
+    Fewer than :data:`BATCH_SEND_MIN` records (below full load) go one by one too: a record batch
+    for a partition waits until the one aiokafka is filling for it has left, where a record joins
+    that one -- a round trip more of latency for nothing to gain.
     """
-    if getattr(producer, "_ensure_producer", None) is None:
+    if getattr(producer, "_ensure_producer", None) is None or len(items) < BATCH_SEND_MIN:
         return [], items
     one_by_one = {item[0] for item in items if item[4]}
     batched, single = [], []

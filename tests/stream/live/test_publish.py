@@ -33,6 +33,7 @@ def test_records_go_in_batches_to_their_partitions_and_report_their_offsets(sett
             sends = recs + [tombstone] + sessions + letters
             batched, single = _split_for_batches(producer, sends)
             assert single == letters and len(batched) == len(sends) - 1
+            assert _split_for_batches(producer, recs[:20]) == ([], recs[:20])     # below full load: one by one
             delivered: list[tuple[tuple, int, int]] = []
             await publish(producer, sends, on_delivered=lambda item, md: delivered.append((item, md.partition,
                                                                                            md.offset)))
