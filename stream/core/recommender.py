@@ -71,13 +71,14 @@ class OneEventResults:
     def __init__(self, size: int = 8192) -> None:
         self.size = size
         self._kept: OrderedDict[tuple, tuple[np.ndarray, list[dict]]] = OrderedDict()
-        self._of: tuple = ()             # what the kept results were made with (held: ids stay unique)
+        self._of: tuple[int, ...] = ()  # what the kept results were made with: ids, the index revision, top_k
+        self._held: tuple = ()           # the objects of those ids, held so that no other object takes an id
 
     def current(self, index: ItemIndex, session_encoder: Any, query_encoder: Any, top_k: int) -> "OneEventResults":
-        of = (index, index.revision, session_encoder, query_encoder, top_k)
-        if len(of) != len(self._of) or any(a is not b and a != b for a, b in zip(of, self._of)):
+        of = (id(index), index.revision, id(session_encoder), id(query_encoder), top_k)
+        if of != self._of:
             self._kept.clear()
-            self._of = of
+            self._of, self._held = of, (index, session_encoder, query_encoder)
         return self
 
     def get(self, key: tuple) -> tuple[np.ndarray, list[dict]] | None:

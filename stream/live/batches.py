@@ -705,7 +705,8 @@ def _split_for_batches(producer: Any, items: list[tuple]) -> tuple[list[tuple], 
     return batched, single
 
 
-async def _send_batches(producer: Any, items: list[tuple], futures: list, fail: Callable[[list, BaseException], None]) -> None:
+async def _send_batches(producer: Any, items: list[tuple], futures: list,
+                        fail: Callable[[list, BaseException], None]) -> None:
     """Append ``items`` to one record batch per partition (a full one goes and another starts), in
     their order; the partition of a keyed record without one is what the producer's partitioner
     (Faust's ``producer.partitioner``, the one aiokafka is given) picks, as a send would."""

@@ -179,3 +179,10 @@ def test_kept_results_follow_exclusions_and_every_change_of_the_index(index_snap
     holder.swap(load_snapshot(index_snapshot))
     items = keeping.recommend([UserBatch("n4", fold_all(third), third)])[0]["items"]
     assert items[0]["product_id"] == top and keeping.metrics.kept == 2
+
+    # another session model: the same
+    keeping.recommend([UserBatch("n5", fold_all(third), third)])
+    assert keeping.metrics.kept == 3
+    keeping.session_encoder = PoolingSessionEncoder(dim=recommender.session_encoder.dim)
+    keeping.recommend([UserBatch("n6", fold_all(third), third)])
+    assert keeping.metrics.kept == 3 and len(keeping.one_event) == 1

@@ -55,5 +55,6 @@ def test_records_go_in_batches_to_their_partitions_and_report_their_offsets(sett
         else:                                            # where aiokafka's (murmur2) partitioner puts the key
             assert p == partition_for("murmur2", key, 3)
     # a key's records keep their order: the tombstone follows user-7's recommendation
-    user7 = sorted((o, v) for (t, p, o), (k, v, _) in got.items() if t == settings.recommendations_topic and k == b"user-7")
+    user7 = sorted((o, v) for (t, p, o), (k, v, _) in got.items()
+                   if t == settings.recommendations_topic and k == b"user-7")
     assert [v for _, v in user7] == [b'{"n": 7}', None]
