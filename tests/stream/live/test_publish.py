@@ -3,6 +3,8 @@ where a send would put it, and each record's offset reported as Kafka gives it."
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 
 from stream.core.partitioner import partition_for
 from tests.kafka_io import read_topic
@@ -58,3 +60,48 @@ def test_records_go_in_batches_to_their_partitions_and_report_their_offsets(sett
     user7 = sorted((o, v) for (t, p, o), (k, v, _) in got.items()
                    if t == settings.recommendations_topic and k == b"user-7")
     assert [v for _, v in user7] == [b'{"n": 7}', None]
+
+
+def test_a_loaded_publish_outlasts_a_broker_that_stops_answering(settings_factory, embedded_broker, caplog):
+    """The broker paused for real (SIGSTOP) while record batches are in flight: they time out (the
+    producer waits 1 s), are sent again until it answers, and every record lands."""
+    import faust
+
+    from stream.live.app import faust_options
+    from stream.live.batches import publish
+
+    settings = settings_factory(partitions=3)
+
+    async def scenario():
+        from stream.ops.topics import ensure_topics
+
+        await ensure_topics(settings)
+        app = faust.App(settings.app_id, **{**faust_options(settings), "producer_request_timeout": 1.0})
+        producer = app.producer
+        await producer.start()
+        try:
+            sends = [(settings.recommendations_topic, f"user-{i}".encode(), b'{"n": %d}' % i, None, None)
+                     for i in range(600)]
+            delivered: dict[tuple, tuple[int, int]] = {}
+            os.kill(embedded_broker.pid, signal.SIGSTOP)
+            loop = asyncio.get_running_loop()
+            loop.call_later(3.0, os.kill, embedded_broker.pid, signal.SIGCONT)
+            try:
+                await asyncio.wait_for(publish(producer, sends, on_delivered=lambda item, md: delivered.__setitem__(
+                    item, (md.partition, md.offset))), 60)
+            finally:
+                os.kill(embedded_broker.pid, signal.SIGCONT)
+            return sends, delivered
+        finally:
+            await producer.stop()
+
+    with caplog.at_level("WARNING", logger="stream.live.batches"):
+        sends, delivered = asyncio.run(scenario())
+    assert any("failed (attempt 1), retrying" in r.getMessage() for r in caplog.records), \
+        "no send failed while the broker was paused: the fault did not happen"
+    assert set(delivered) == set(sends)
+    got = {(m.partition, m.offset): (m.key, m.value) for m in asyncio.run(read_topic(
+        settings, settings.recommendations_topic, until=lambda ms: {m.key for m in ms} >= {s[1] for s in sends},
+        timeout=30))}
+    for (topic, key, value, _, _), (partition, offset) in delivered.items():
+        assert got[(partition, offset)] == (key, value)           # at least once, and where it was said to be
