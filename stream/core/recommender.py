@@ -134,7 +134,7 @@ class Recommender:
         keys: list[tuple | None] = [None] * len(batch)
         known: dict[int, tuple[np.ndarray, list[dict]]] = {}
         for i, (tl, excl) in enumerate(zip(timelines, exclusions)):
-            if len(tl) == 1:                 # a session of one event: its result is a function of it
+            if len(tl) == 1 and kept.size:   # a session of one event: its result is a function of it
                 kind, value, ts = tl[0]
                 keys[i] = key = (kind, value, now[i] - ts, frozenset(excl))
                 got = kept.get(key)

@@ -714,13 +714,11 @@ async def _send_batches(producer: Any, items: list[tuple], futures: list,
         kafka = producer._ensure_producer()             # Faust's aiokafka producer (NotReady before start)
         for topic in dict.fromkeys(item[0] for item in items):
             await kafka.client._wait_on_metadata(topic)
+        partitions = _partitions(items, kafka.client.cluster, producer.partitioner)
     except Exception as exc:  # noqa: BLE001 - retried like any send
         fail(items, exc)
         return
-    cluster = kafka.client.cluster
-    partitioner = producer.partitioner
     open_batches: dict[tuple[str, int], tuple[Any, list[tuple]]] = {}
-    places: dict[str, tuple[list[int], list[int]]] = {}
 
     async def hand_over(topic: str, partition: int, builder: Any, batch_items: list[tuple]) -> None:
         try:
@@ -728,24 +726,38 @@ async def _send_batches(producer: Any, items: list[tuple], futures: list,
         except Exception as exc:  # noqa: BLE001 - retried like any send
             fail(batch_items, exc)
 
-    for item in items:
-        topic, key, value, partition, _ = item
+    for item, partition in zip(items, partitions):
+        topic, key, value = item[:3]
+        slot = open_batches.get((topic, partition))
+        if slot is None:
+            slot = open_batches[(topic, partition)] = (kafka.create_batch(), [])
+        try:
+            if slot[0].append(key=key, value=value, timestamp=None) is None:    # full: it goes, another starts
+                await hand_over(topic, partition, *slot)
+                slot = open_batches[(topic, partition)] = (kafka.create_batch(), [])
+                slot[0].append(key=key, value=value, timestamp=None)
+        except Exception as exc:  # noqa: BLE001 - a record a batch refuses is retried like any send
+            fail([item], exc)
+            continue
+        slot[1].append(item)
+    for (topic, partition), (builder, batch_items) in open_batches.items():
+        if batch_items:
+            await hand_over(topic, partition, builder, batch_items)
+
+
+def _partitions(items: list[tuple], cluster: Any, partitioner: Any) -> list[int]:
+    """Each item's partition: its own, or the one ``partitioner`` gives its key among the topic's."""
+    places: dict[str, tuple[list[int], list[int]]] = {}
+    out = []
+    for topic, key, _, partition, _ in items:
         if partition is None:
             place = places.get(topic)
             if place is None:
                 place = places[topic] = (sorted(cluster.partitions_for_topic(topic) or ()),
                                          sorted(cluster.available_partitions_for_topic(topic) or ()))
             partition = partitioner(key, *place)
-        builder, batch_items = open_batches.get((topic, partition)) or (None, None)
-        if builder is None:
-            builder, batch_items = open_batches[(topic, partition)] = (kafka.create_batch(), [])
-        if builder.append(key=key, value=value, timestamp=None) is None:      # full: it goes, another starts
-            await hand_over(topic, partition, builder, batch_items)
-            builder, batch_items = open_batches[(topic, partition)] = (kafka.create_batch(), [])
-            builder.append(key=key, value=value, timestamp=None)
-        batch_items.append(item)
-    for (topic, partition), (builder, batch_items) in open_batches.items():
-        await hand_over(topic, partition, builder, batch_items)
+        out.append(partition)
+    return out
 
 
 def feedback_record(hit: dict[str, Any]) -> bytes:

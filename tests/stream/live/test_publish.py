@@ -105,3 +105,45 @@ def test_a_loaded_publish_outlasts_a_broker_that_stops_answering(settings_factor
         timeout=30))}
     for (topic, key, value, _, _), (partition, offset) in delivered.items():
         assert got[(partition, offset)] == (key, value)           # at least once, and where it was said to be
+
+
+def test_a_partitioner_that_fails_loses_no_record(settings_factory, caplog):
+    """The producer's partitioner raising (once) while a loaded publish places its records: the
+    records go again, as after any failed send, and all of them land."""
+    import faust
+
+    from stream.live.app import faust_options
+    from stream.live.batches import publish
+
+    settings = settings_factory(partitions=3)
+
+    async def scenario():
+        from stream.ops.topics import ensure_topics
+
+        await ensure_topics(settings)
+        app = faust.App(settings.app_id, **faust_options(settings))
+        producer = app.producer
+        await producer.start()
+        real, calls = producer.partitioner, []
+
+        def flaky(key, all_partitions, available):
+            calls.append(key)
+            if len(calls) == 100:
+                raise RuntimeError("partitioner failed (test)")
+            return real(key, all_partitions, available)
+
+        producer.partitioner = flaky
+        try:
+            sends = [(settings.recommendations_topic, f"user-{i}".encode(), b"%d" % i, None, None) for i in range(300)]
+            delivered: list[tuple] = []
+            await publish(producer, sends, on_delivered=lambda item, md: delivered.append(item))
+            return sends, delivered, len(calls)
+        finally:
+            await producer.stop()
+
+    with caplog.at_level("WARNING", logger="stream.live.batches"):
+        sends, delivered, calls = asyncio.run(scenario())
+    assert any("partitioner failed (test)" in r.getMessage() for r in caplog.records)
+    assert calls == 400 and sorted(delivered) == sorted(sends)    # placed twice up to the failure
+    got = asyncio.run(read_topic(settings, settings.recommendations_topic, until=lambda ms: len(ms) >= 300, timeout=30))
+    assert sorted((m.key, m.value) for m in got) == sorted((s[1], s[2]) for s in sends)
