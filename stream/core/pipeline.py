@@ -184,8 +184,8 @@ class Pipeline:
                     state = session_state.fold(state, parsed, self.limits)
             # a forget request erases the session on the partition it arrived on: sent to every
             # partition, it reaches the session wherever the shop's partitioner put it
-            out.state_writes.extend(StateWrite(p, key, None) for p in erased_on)
             if erased_on:
+                out.state_writes.extend(StateWrite(p, key, None) for p in erased_on)
                 out.forgotten.append(user_id)
             if state is None:
                 continue

@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import datetime, timezone
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engines import PoolingSessionEncoder, QueryEmbeddingCache
 from index import load_snapshot
 from stream.core import session_state as ss
 from stream.core.metrics import Metrics
-from stream.core.recommender import IndexHolder, OneEventResults, Recommender, UserBatch
+from stream.core.recommender import IndexHolder, OneEventResults, Recommender, UserBatch, iso
 from stream.core.schema import Event
 from stream.core.session_state import SessionLimits
 
@@ -186,3 +189,16 @@ def test_kept_results_follow_exclusions_and_every_change_of_the_index(index_snap
     keeping.session_encoder = PoolingSessionEncoder(dim=recommender.session_encoder.dim)
     keeping.recommend([UserBatch("n6", fold_all(third), third)])
     assert keeping.metrics.kept == 3 and len(keeping.one_event) == 1
+
+
+@given(st.one_of(st.floats(min_value=-2e9, max_value=4102444800.0, allow_nan=False),
+                 st.integers(min_value=946684800000, max_value=4102444800000).map(lambda ms: ms / 1000),
+                 st.tuples(st.integers(min_value=946684800, max_value=4102444800),
+                           st.sampled_from([0.9999995, 0.9999994, 0.0000005, 0.9995, 0.0015, 0.1234565, 1e-7]))
+                 .map(sum)))
+@settings(max_examples=3000, deadline=None, derandomize=True, database=None)
+def test_times_are_written_as_datetime_writes_them(ts):
+    """``iso`` (event_time, produced_at, a hit's ts) builds no datetime per call; its text is the
+    standard library's to the character, rounding to the microsecond included."""
+    expected = datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    assert iso(ts) == expected
