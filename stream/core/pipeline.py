@@ -207,7 +207,7 @@ class Pipeline:
             self.recommender.clock = lambda: batch_time
         recs = self.recommender.recommend(users)
         for ub, partition, rec, hits in zip(users, partitions, recs, user_hits):
-            latest = max(e.ts for e in ub.events)
+            latest = ub.latest
             session_state.remember(ub.state, rec, latest)
             out.state_writes.append(StateWrite(partition, ub.user_id.encode(), session_state.dumps(ub.state)))
             out.recommendations.append(rec)

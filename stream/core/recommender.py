@@ -57,6 +57,14 @@ class UserBatch:
     state: dict[str, Any]
     events: list[Event]
 
+    @property
+    def latest(self) -> float:
+        """The event time of the newest of ``events``."""
+        events = self.events
+        if len(events) == 1:             # most shoppers' share of a batch; max() over a generator is ~1 us
+            return events[0].ts
+        return max(e.ts for e in events)
+
 
 class IndexHolder:
     """The index in use; swapped atomically for a new snapshot while the stream runs.
@@ -153,7 +161,7 @@ class Recommender:
                     self.popularity[e.item_id] += 1
         timelines = [timeline(ub.state) for ub in batch]
         exclusions = [excluded_products(ub.state, self.limits) for ub in batch]
-        now = [max(e.ts for e in ub.events) for ub in batch]
+        now = [ub.latest for ub in batch]
         kept = self.one_event.current(index, self.session_encoder, self.queries.encoder, self.top_k)
         keys: list[tuple | None] = [None] * len(batch)
         known: dict[int, tuple[np.ndarray, list[dict]]] = {}
@@ -199,7 +207,11 @@ class Recommender:
                 "event_time": iso(now[len(recs)]),
                 "produced_at": produced_at,
             }
-            search = next((e for e in reversed(ub.events) if e.type == "search" and e.results), None)
+            search = None
+            for e in reversed(ub.events):
+                if e.type == "search" and e.results:
+                    search = e
+                    break
             if search is not None:
                 rec["search"] = {"event_id": search.event_id, "query": search.query,
                                  "items": self.rerank(index, vec, search.results)}
