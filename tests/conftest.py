@@ -85,7 +85,8 @@ def settings_factory(broker, index_snapshot, tmp_path):
                     catalog_topic=f"catalog-{uid}", models_topic=f"models-{uid}",
                     partitions=2, index_path=index_snapshot,
                     data_dir=tmp_path, web_port=free_port(), encoder_backend="torch",
-                    batch_wait_ms=20, session_encoder="pooling")   # index_snapshot is in text space
+                    batch_wait_ms=20, session_encoder="pooling",   # index_snapshot is in text space
+                    session_timeout_s=6.0)   # the embedded broker holds a first join for half of it
         base.update(overrides)
         return Settings(**base)
 
@@ -109,6 +110,7 @@ def worker_factory(tmp_path):
                "SHOPSTREAM_ENCODER_BACKEND": settings.encoder_backend,
                "SHOPSTREAM_BATCH_WAIT_MS": str(settings.batch_wait_ms),
                "SHOPSTREAM_BATCH_SIZE": str(settings.batch_size),
+               "SHOPSTREAM_SESSION_TIMEOUT_S": str(settings.session_timeout_s),
                **(extra_env or {})}
         log = tmp_path / f"{name or 'worker'}-{len(procs)}.log"
         proc = start_worker_process(settings, log, extra_env=env, cwd=cwd)
