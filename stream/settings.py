@@ -49,6 +49,7 @@ class Settings:
     producer_linger_ms: int = 0              # the worker's producer: wait this long to fill a batch (0: send now)
     session_timeout_s: float = 10.0          # consumer group: a worker silent this long is replaced
     send_unready_after_s: float = 30.0       # a send to Kafka still undelivered after this long: /ready answers 503
+    stall_log_after_s: float = 300.0         # an events partition not fetched, or fetched and not processed, this long is logged as an error (Faust's stream_processing_timeout)
     # -- processing --------------------------------------------------------------------------------
     batch_size: int = 1024                   # most events per micro-batch (reached only under load)
     batch_wait_ms: int = 20                  # longest wait to fill a micro-batch
@@ -155,6 +156,8 @@ class Settings:
             bad(f"dead_letter_max_bytes must be at least 1024, got {self.dead_letter_max_bytes}")
         if not self.send_unready_after_s > 0:             # also refuses NaN
             bad(f"send_unready_after_s must be positive, got {self.send_unready_after_s}")
+        if not self.stall_log_after_s > 0:
+            bad(f"stall_log_after_s must be positive, got {self.stall_log_after_s}")
         if self.batch_wait_ms < 0:
             bad("batch_wait_ms must not be negative")
         if self.producer_linger_ms < 0:

@@ -94,6 +94,7 @@ def faust_options(settings: Settings) -> dict[str, Any]:
         broker_commit_every=1000,
         broker_commit_interval=1.0,
         stream_wait_empty=False,               # an in-flight batch checks for a rebalance itself
+        stream_processing_timeout=settings.stall_log_after_s,   # Faust's stall check (its livelock detector)
         web_enabled=settings.web_enabled,
         web_bind=settings.web_host,
         web_host=settings.web_host,

@@ -143,9 +143,16 @@ def install_changelog_fetch_pause() -> None:
     in the consumer's own thread and event loop (aiokafka's pause makes a future there). A partition
     no longer assigned when that runs is skipped: the next assignment pauses and resumes afresh.
     Event partitions are left exactly to Faust.
+
+    Faust's stall check (``Consumer.verify_all_partitions_active``, every 2.5 commit intervals)
+    logs an ERROR for any assigned partition aiokafka has sent no fetch for in
+    ``stream_processing_timeout``; a changelog paused here is not fetched by design, so from then on
+    an idle, healthy worker logged it every few seconds for every sessions partition. The check is
+    skipped for a changelog partition Faust has paused; event partitions are still checked.
     """
     from aiokafka import TopicPartition
     from faust.transport.consumer import Consumer
+    from faust.transport.drivers.aiokafka import Consumer as AIOKafkaDriverConsumer
 
     if "pause_partitions" in _installed:
         return
@@ -188,6 +195,15 @@ def install_changelog_fetch_pause() -> None:
 
     Consumer.pause_partitions = pause_partitions
     Consumer.resume_partitions = resume_partitions
+
+    verify = _installed["verify_event_path"] = AIOKafkaDriverConsumer.verify_event_path
+
+    def verify_event_path(self, now: float, tp) -> None:  # noqa: ANN001 - faust's signature
+        if tp in self._paused_partitions and tp.topic in self.app.tables.changelog_topics:
+            return None                  # paused in aiokafka too: no fetch is due
+        return verify(self, now, tp)
+
+    AIOKafkaDriverConsumer.verify_event_path = verify_event_path
 
 
 # -- 3. the sessions table, partition by partition -------------------------------------------------

@@ -315,3 +315,18 @@ def _original_apply(store_cls):
     from stream.live import faust_compat
 
     return faust_compat._installed.get("apply_changelog_batch", store_cls.apply_changelog_batch)
+
+
+def test_an_idle_worker_logs_no_stall_for_its_paused_changelog(settings_factory, worker_factory):
+    """A healthy worker with nothing to do logs no ERROR. Faust's stall check (every 2.5 commit
+    intervals) logged "Aiokafka has not sent fetch request ..." for every sessions changelog
+    partition once ``stall_log_after_s`` passed (300 s by default, 1 s here), because
+    ``install_changelog_fetch_pause`` stops aiokafka fetching them by design; an operator alerting on
+    ERROR lines was paged by an idle worker. Events partitions are still checked."""
+    import time
+
+    settings = settings_factory()
+    worker = worker_factory(settings, extra_env={"SHOPSTREAM_STALL_LOG_AFTER_S": "1"})
+    time.sleep(6.0)                        # > two stall checks (every 2.5 s) past the 1 s limit
+    errors = [line for line in worker.log_path.read_text().splitlines() if "[ERROR]" in line]
+    assert not errors, errors[:3]
