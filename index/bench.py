@@ -230,8 +230,11 @@ def run_gpu_bench(*, items: int, dim: int = 384, queries: int = 1000, k: int = 1
     """Exact fp16 search with torch on CUDA (the path index.gpu takes without faiss-gpu)."""
     import torch
 
-    from index.gpu import TorchExactSearch
+    from index.errors import IndexError_
+    from index.gpu import TORCH_HINT, TorchExactSearch, torch_cuda_available
 
+    if not torch_cuda_available():
+        raise IndexError_("--device cuda but no GPU is usable: " + TORCH_HINT)
     dev = torch.device("cuda")
     g = torch.Generator(device=dev).manual_seed(seed)
     # the same clustered shape as synthetic_vectors, generated on the device in chunks

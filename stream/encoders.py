@@ -30,17 +30,24 @@ def session_encoder_path(settings: Settings) -> Path | None:
     return path
 
 
+def encoder_artifact(settings: Settings, *, say: bool = False) -> Path | None:
+    """The engine artifact the text encoder loads: ``encoder_artifact``, else (backend ``auto``) an
+    engine built earlier into the data folder (`shopstream engine build`, the demo), else none."""
+    artifact = settings.encoder_artifact
+    if artifact is None and settings.encoder_backend == "auto":
+        built = settings.cpu_engine_dir
+        if (built / "manifest.json").exists():
+            if say:
+                log.info("using the engine artifact built in %s", built)
+            return Path(built)
+    return Path(artifact) if artifact else None
+
+
 def load_text_encoder(settings: Settings) -> TextEncoder:
     options = {}
     if settings.model_dir:
         options["model_dir"] = settings.model_dir
-    artifact = settings.encoder_artifact
-    if artifact is None and settings.encoder_backend == "auto":
-        # an engine built earlier into the data folder (`shopstream engine build`, the demo) is used
-        built = settings.cpu_engine_dir
-        if (built / "manifest.json").exists():
-            artifact = built
-            log.info("using the engine artifact built in %s", built)
+    artifact = encoder_artifact(settings, say=True)
     if artifact:
         options["artifact"] = artifact
     if settings.model_threads:

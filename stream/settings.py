@@ -156,6 +156,10 @@ class Settings:
             bad(f"dead_letter_max_bytes must be at least 1024, got {self.dead_letter_max_bytes}")
         if not self.send_unready_after_s > 0:             # also refuses NaN
             bad(f"send_unready_after_s must be positive, got {self.send_unready_after_s}")
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            path = getattr(self, name)
+            if path and not Path(path).is_file():
+                bad(f"{name} {path}: no such file")
         if not self.stall_log_after_s > 0:
             bad(f"stall_log_after_s must be positive, got {self.stall_log_after_s}")
         if self.batch_wait_ms < 0:
@@ -267,9 +271,12 @@ class Settings:
         if self.security_protocol.endswith("SSL"):
             from aiokafka.helpers import create_ssl_context
 
-            opts["ssl_context"] = create_ssl_context(
-                cafile=self.ssl_cafile or None, certfile=self.ssl_certfile or None,
-                keyfile=self.ssl_keyfile or None)
+            try:
+                opts["ssl_context"] = create_ssl_context(
+                    cafile=self.ssl_cafile or None, certfile=self.ssl_certfile or None,
+                    keyfile=self.ssl_keyfile or None)
+            except (OSError, ValueError) as exc:       # ssl.SSLError is an OSError: not a certificate or key
+                raise ConfigError(f"the TLS files given (ssl_cafile, ssl_certfile, ssl_keyfile) do not load: {exc}") from None
         return opts
 
     def librdkafka_config(self) -> dict[str, Any]:

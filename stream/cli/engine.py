@@ -72,9 +72,15 @@ def register(cli: click.Group) -> None:
         click.echo(json.dumps(asdict(read_manifest(path)), indent=2))
 
     @engine.command("choose")
-    @path_option("--artifact", default=None, help="An artifact folder the worker would be given.")
+    @path_option("--artifact", default=None, help="An artifact folder the worker would be given (default: "
+                                                  "the one the worker finds, SHOPSTREAM_ENCODER_ARTIFACT or "
+                                                  "the engine built into the data folder).")
     def choose(artifact: Path | None) -> None:
         """Say which backend `--backend auto` picks on this machine, and why."""
         from engines.select import choose_backend
+        from stream.encoders import encoder_artifact
+        from stream.settings import Settings
 
+        if artifact is None:
+            artifact = encoder_artifact(Settings.from_env().replace(encoder_backend="auto"))
         click.echo(choose_backend(artifact).describe())

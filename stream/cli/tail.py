@@ -17,7 +17,9 @@ async def tail_topic(settings, topic: str, *, from_beginning: bool, limit: int |
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.bootstrap_servers, fetch_max_wait_ms=settings.fetch_max_wait_ms, group_id=None,
                                 auto_offset_reset="earliest" if from_beginning else "latest",
                                 enable_auto_commit=False, **settings.kafka_client_options())
-    await consumer.start()
+    from stream.ops.topics import start_client
+
+    await start_client(consumer, settings)
     count = 0
     last = time.monotonic()
     try:

@@ -185,7 +185,9 @@ async def read_served_and_hits(settings, timeout: float = 60.0) -> tuple[list[di
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None,
                                 enable_auto_commit=False, auto_offset_reset="earliest",
                                 **settings.kafka_client_options())
-    await consumer.start()
+    from stream.ops.topics import start_client
+
+    await start_client(consumer, settings)
     try:
         known = await consumer.topics()
         tps = [TopicPartition(t, p) for t in topics if t in known for p in consumer.partitions_for_topic(t) or ()]

@@ -88,6 +88,22 @@ def output_spec(settings: Settings, name: str, partitions: int) -> TopicSpec:
     return TopicSpec(name, partitions, configs=deleted_within(settings.erasure_deadline_s))
 
 
+async def start_client(client: Any, settings: Settings) -> Any:
+    """``await client.start()`` for an aiokafka consumer or producer; :class:`BrokerError` (one line
+    at the command line) when the cluster cannot be reached or refuses the connection."""
+    from aiokafka.errors import KafkaError
+
+    try:
+        await client.start()
+    except (KafkaError, OSError) as exc:
+        try:
+            await client.stop()
+        except Exception:  # noqa: BLE001 - the start failed: nothing more to say
+            pass
+        raise BrokerError(f"cannot reach Kafka at {settings.broker}: {exc}") from exc
+    return client
+
+
 async def _started_admin(settings: Settings) -> Any:
     """An admin client connected to the cluster; :class:`BrokerError` when it cannot be reached."""
     from aiokafka.admin import AIOKafkaAdminClient

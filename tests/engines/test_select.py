@@ -69,3 +69,28 @@ def test_building_tensorrt_without_the_extra_fails_before_exporting(monkeypatch,
     with pytest.raises(MissingExtraError, match=r"pip install 'shopstream\[tensorrt\]'"):
         build_engine("tensorrt", tmp_path / "trt")
     assert not (tmp_path / "trt").exists()
+
+
+@cpu_only
+def test_engine_choose_names_the_engine_the_worker_loads(ort_fp32_artifact, tmp_path, monkeypatch, capsys):
+    """`shopstream engine choose` without --artifact answers for the artifact the worker finds
+    (SHOPSTREAM_ENCODER_ARTIFACT, else the engine built into the data folder), not for none."""
+    import shutil
+
+    from stream.cli import main
+    from stream.encoders import load_text_encoder
+    from stream.settings import Settings
+
+    monkeypatch.setenv("SHOPSTREAM_DATA_DIR", str(tmp_path))
+    main(["engine", "choose"])
+    assert capsys.readouterr().out.startswith("text encoder backend torch")        # nothing built yet
+    shutil.copytree(ort_fp32_artifact, Settings.from_env().cpu_engine_dir)          # as the demo builds it
+    main(["engine", "choose"])
+    out = capsys.readouterr().out
+    assert out.startswith("text encoder backend onnxruntime"), out
+    encoder = load_text_encoder(Settings.from_env())
+    assert encoder.name == "onnxruntime"                                             # what the worker runs
+    encoder.close()
+    monkeypatch.setenv("SHOPSTREAM_ENCODER_ARTIFACT", str(ort_fp32_artifact))
+    main(["engine", "choose"])
+    assert capsys.readouterr().out.startswith("text encoder backend onnxruntime")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -37,6 +38,12 @@ def shopstream(*args, env=None, input=None, timeout=120):
     (["tail", "events"], {"SHOPSTREAM_PARTITIONER": "fnv1a"}, "murmur2, crc32"),
     (["index", "build", "--catalog", "/nonexistent/catalog.jsonl"], {}, "catalogue file not found"),
     (["produce", "-", "--broker", "127.0.0.1:1"], {}, "cannot reach Kafka"),
+    (["tail", "events", "--broker", "127.0.0.1:1"], {}, "cannot reach Kafka"),
+    (["report", "online", "--broker", "127.0.0.1:1"], {}, "cannot reach Kafka"),
+    (["models", "--security-protocol", "SSL", "--ssl-cafile", "/nonexistent/ca.pem"], {}, "ssl_cafile"),
+    (["tail", "events"], {"SHOPSTREAM_SECURITY_PROTOCOL": "SSL", "SHOPSTREAM_SSL_CAFILE": __file__}, "do not load"),
+    pytest.param(["bench", "index", "--device", "cuda", "--items", "1000"], {}, "no GPU is usable",
+                 marks=pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="a GPU machine runs it")),
     (["no-such-command"], {}, "No such command"),
     (["tail", "events"], {"SHOPSTREAM_VARIANTS": "control=pooling"}, "SHOPSTREAM_VARIANTS"),
     (["topics", "--check"], {"SHOPSTREAM_ERASURE_DEADLINE_S": "60"}, "erasure_deadline_s"),
