@@ -169,12 +169,16 @@ async def run_demo(settings: Settings, *, rate: float, limit: int | None, bad_sh
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and did:
             await asyncio.sleep(0.2)
-    finally:
+    finally:                       # each client is closed even when Ctrl-C cuts a stop before it short
         shower.cancel()
-        await asyncio.gather(shower, return_exceptions=True)
-        await producer.stop()
-        await consumer.stop()
-        encoder.close()
+        try:
+            await asyncio.gather(shower, return_exceptions=True)
+            await producer.stop()
+        finally:
+            try:
+                await consumer.stop()
+            finally:
+                encoder.close()
     return stats
 
 

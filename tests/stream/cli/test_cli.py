@@ -60,6 +60,21 @@ def test_bad_arguments_give_one_line_not_a_traceback(args, env, needle):
     assert len(errors) == 1 and needle in errors[0], err
 
 
+def test_a_second_worker_on_a_taken_web_port_says_so_in_one_line():
+    """Two workers on one host with the default web port: the second one's error names the port and
+    the setting, before it loads anything (no broker needed to see it)."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = shopstream("worker", "--web-port", str(port), "--broker", "127.0.0.1:1", timeout=60)
+    err = r.stderr.decode()
+    assert r.returncode == 2 and "Traceback" not in err, err
+    assert f"web port {port} on 127.0.0.1 is in use" in err and "SHOPSTREAM_WEB_PORT" in err
+
+
 def test_produce_then_tail(settings_factory, catalog_products):
     settings = settings_factory()
     env = {f"SHOPSTREAM_{name.upper()}": str(getattr(settings, name)) for name in
