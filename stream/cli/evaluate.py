@@ -48,7 +48,9 @@ def load_data(dataset: str | None, items: Path | None, sequences: Path | None, e
     if dataset == "online-retail-sample":      # shipped with the package: 877 customers, 2,430 products
         from stream.tools.datasets import PACKAGE_DATA
 
-        return d.load_online_retail(PACKAGE_DATA / "online_retail_sample.csv.gz")
+        data = d.load_online_retail(PACKAGE_DATA / "online_retail_sample.csv.gz")
+        data.name = "online-retail-sample"         # its reports go beside, not over, the full set's
+        return data
     if items and events:
         return d.read_event_log(events, items)
     if items and sequences:

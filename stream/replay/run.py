@@ -80,6 +80,16 @@ def parse_bound(text: str) -> Bound:
     return Bound("time", dt.timestamp(), raw)
 
 
+def check_order(start: Bound, end: Bound) -> None:
+    """:class:`ConfigError` for a slice whose end comes before its start (``--from 2024-05-01 --to
+    start``): an empty replay that reports 0 events is a mistake, not a result."""
+    rank = {"start": 0, "offset": 1, "time": 1, "end": 2}
+    backwards = rank[start.kind] > rank[end.kind] or (
+        start.kind == end.kind in ("offset", "time") and start.value > end.value)
+    if backwards:
+        raise ConfigError(f"--from {start} comes after --to {end}: nothing lies between them")
+
+
 @dataclass
 class ReplaySummary:
     topic: str
@@ -172,6 +182,7 @@ class Replay:
             raise ConfigError("the output topic must not be the topic being replayed")
         if rate is not None and rate <= 0:
             raise ConfigError("--rate must be positive")
+        check_order(start, end)
         self.start, self.end = start, end
         self.rate = rate
         self.dry_run = dry_run

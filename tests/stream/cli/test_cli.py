@@ -45,6 +45,7 @@ def shopstream(*args, env=None, input=None, timeout=120):
     pytest.param(["bench", "index", "--device", "cuda", "--items", "1000"], {}, "no GPU is usable",
                  marks=pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="a GPU machine runs it")),
     (["no-such-command"], {}, "No such command"),
+    (["replay", "--from", "2024-05-01", "--to", "start", "--dry-run"], {}, "comes after --to start"),
     (["tail", "events"], {"SHOPSTREAM_VARIANTS": "control=pooling"}, "SHOPSTREAM_VARIANTS"),
     (["topics", "--check"], {"SHOPSTREAM_ERASURE_DEADLINE_S": "60"}, "erasure_deadline_s"),
     (["train", "--dataset", "online-retail-sample", "--negatives", "inbatch", "--exclude-history", "--out",
