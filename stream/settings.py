@@ -11,6 +11,8 @@ from stream.core.partitioner import check_partitioner
 from stream.errors import ConfigError
 
 ENV_PREFIX = "SHOPSTREAM_"
+NOT_SETTINGS = {"SHOPSTREAM_TEST_TEXTS", "SHOPSTREAM_TEST_MODEL_DIR"}   # read by the tests, not by Settings
+_warned: set[str] = set()
 
 
 class Secret(str):
@@ -304,6 +306,7 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
         """Defaults, then ``SHOPSTREAM_<NAME>`` variables, then explicit overrides (CLI)."""
         env = os.environ if env is None else env
+        _warn_unknown(env, {ENV_PREFIX + f.name.upper() for f in fields(cls)})
         values: dict[str, Any] = {}
         for f in fields(cls):
             raw = env.get(ENV_PREFIX + f.name.upper())
@@ -314,6 +317,20 @@ class Settings:
             return cls(**values)
         except TypeError as exc:
             raise ConfigError(str(exc)) from None
+
+
+def _warn_unknown(env: Mapping[str, str], known: set[str]) -> None:
+    """Log (once per process) each ``SHOPSTREAM_*`` variable no setting reads: a misspelt one would
+    otherwise be ignored without a word."""
+    import difflib
+    import logging
+
+    for name in env:
+        if name.startswith(ENV_PREFIX) and name not in known and name not in NOT_SETTINGS and name not in _warned:
+            _warned.add(name)
+            near = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.85)
+            logging.getLogger(__name__).warning("%s is not a shopstream setting and is ignored%s", name,
+                                                f" (did you mean {near[0]}?)" if near else "")
 
 
 def _coerce(f: dataclasses.Field, raw: str) -> Any:

@@ -163,3 +163,12 @@ def test_broker_command_serves_kafka_and_stops_cleanly():
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2)
     assert not [p for p in children if os.path.exists(f"/proc/{p}")]
+
+
+def test_a_misspelt_setting_is_named_not_silently_ignored():
+    r = shopstream("engine", "choose", env={"SHOPSTREAM_BATCH_SIZ": "64", "SHOPSTREAM_TEST_TEXTS": "x"}, timeout=90)
+    err = r.stderr.decode()
+    assert r.returncode == 0, err
+    assert "SHOPSTREAM_BATCH_SIZ is not a shopstream setting and is ignored (did you mean SHOPSTREAM_BATCH_SIZE?)" in err
+    assert "SHOPSTREAM_TEST_TEXTS" not in err                 # read by the tests themselves
+    assert err.count("SHOPSTREAM_BATCH_SIZ ") == 1            # once, however often the settings are read
