@@ -85,7 +85,7 @@ def check_order(start: Bound, end: Bound) -> None:
     start``): an empty replay that reports 0 events is a mistake, not a result."""
     rank = {"start": 0, "offset": 1, "time": 1, "end": 2}
     backwards = rank[start.kind] > rank[end.kind] or (
-        start.kind == end.kind in ("offset", "time") and start.value > end.value)
+        start.kind == end.kind and start.kind in ("offset", "time") and start.value > end.value)
     if backwards:
         raise ConfigError(f"--from {start} comes after --to {end}: nothing lies between them")
 
@@ -202,17 +202,14 @@ class Replay:
 
     async def run(self) -> ReplaySummary:
         from aiokafka import AIOKafkaConsumer
-        from aiokafka.errors import KafkaError
+
+        from stream.ops.topics import start_client
 
         consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers, group_id=None,
                                     enable_auto_commit=False, auto_offset_reset="earliest",
                                     max_partition_fetch_bytes=4 * 1024 * 1024,
                                     **self.settings.kafka_client_options())
-        try:
-            await consumer.start()
-        except KafkaError as exc:
-            await consumer.stop()
-            raise BrokerError(f"cannot reach Kafka at {self.settings.broker}: {exc}") from exc
+        await start_client(consumer, self.settings)
         try:
             ckpt = None if self.fresh or self.dry_run else Checkpoint.load(self.checkpoint_path)
             if ckpt is not None and ckpt.spec != self.spec:
