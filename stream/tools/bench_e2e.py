@@ -18,6 +18,7 @@ import numpy as np
 import orjson
 
 from stream.settings import Settings
+from stream.tools.processes import CpuMeter
 
 
 def _machine() -> str:
@@ -249,7 +250,7 @@ async def _read_ids(settings: Settings, topic: str, expected: int) -> list[str]:
     return ids
 
 
-async def _drive_copies(settings: Settings, events, out_topic: str) -> dict:
+async def _drive_copies(settings: Settings, events, out_topic: str, meter: CpuMeter | None = None) -> dict:
     """Send ``events`` to the events topic as fast as the broker takes them and time their copies'
     arrival on ``out_topic`` (a fresh topic every message reaches once: the events topic itself for
     the driver alone, or a forwarder's output). Only throughput is timed; ids are checked after."""
@@ -265,10 +266,13 @@ async def _drive_copies(settings: Settings, events, out_topic: str) -> dict:
         sent_at: dict[str, float] = {}
         counter = asyncio.create_task(_count_arrivals(settings, out_topic, len(events),
                                                       timeout_s=max(60.0, len(events) / 500)))
+        if meter is not None:
+            meter.start()
         t_start = time.time()
         await _send_all(producer, settings.events_topic, prepared, sent_at, None)
         t_sent = time.time()
         t_last = await counter
+        cpu = meter.stop(len(events)) if meter is not None else {}
     finally:
         await producer.stop()
     ids = await _read_ids(settings, out_topic, len(events))
@@ -278,12 +282,12 @@ async def _drive_copies(settings: Settings, events, out_topic: str) -> dict:
             "send_seconds": round(t_sent - t_start, 3), "elapsed_seconds": round(elapsed, 3),
             "events_per_second": round(len(events) / elapsed, 1) if t_last else None,
             "reflected": len(reflected), "missing": len(valid) - len(reflected),
-            "unexpected": sum(1 for i in ids if i not in valid)}
+            "unexpected": sum(1 for i in ids if i not in valid), "cpu": cpu}
 
 
 async def _drive(settings: Settings, events, rate: float | None, progress: bool, *,
                  out_topic: str | None = None, ids_of=_event_ids_of_recommendation,
-                 count_bad_on: str | None = "dead-letters") -> dict:
+                 count_bad_on: str | None = "dead-letters", meter: CpuMeter | None = None) -> dict:
     """Send ``events`` to the events topic and time their arrival on ``out_topic``, listed by id in
     the recommendations there (latency per event, sustained events/s).
 
@@ -354,6 +358,8 @@ async def _drive(settings: Settings, events, rate: float | None, progress: bool,
         from tqdm import tqdm
 
         bar = tqdm(total=len(events), desc="events sent", unit="ev")
+    if meter is not None:
+        meter.start()
     t_start = time.time()
     if rate:
         await _send_at_rate(producer, settings.events_topic, prepared, rate, sent_at, bar)
@@ -368,6 +374,7 @@ async def _drive(settings: Settings, events, rate: float | None, progress: bool,
     except asyncio.TimeoutError:
         pass
     done.set()
+    cpu = meter.stop(len(events)) if meter is not None else {}
     await consumer_task
     await producer.stop()
     await consumer.stop()
@@ -387,7 +394,7 @@ async def _drive(settings: Settings, events, rate: float | None, progress: bool,
                                           "p99": round(float(np.percentile(steady, 99)), 1),
                                           "max": round(float(steady.max()), 1)} if steady.size else None,
         "reflected": len(latency), "dead_lettered": dead, "missing": len(valid) - len(latency),
-        "unexpected": unexpected,
+        "unexpected": unexpected, "cpu": cpu,
     }
 
 
@@ -410,7 +417,8 @@ def measure_driver(settings: Settings, events, run_id: str) -> dict:
     return asyncio.run(_drive_copies(settings.replace(events_topic=topic), events, out_topic=topic))
 
 
-def measure_ceiling(settings: Settings, events, run_id: str, data_dir: Path) -> dict:
+def measure_ceiling(settings: Settings, events, run_id: str, data_dir: Path,
+                    broker_pid: int | None = None) -> dict:
     """The same messages through the same broker and partitions, forwarded by a plain aiokafka
     consumer group in a process of its own: what shopstream's events/s is a fraction of."""
     import subprocess
@@ -429,7 +437,10 @@ def measure_ceiling(settings: Settings, events, run_id: str, data_dir: Path) -> 
                             start_new_session=True, preexec_fn=die_with_parent)
     try:
         _wait_for_line(data_dir / "logs" / f"bench-forwarder-{run_id}.log", b"forwarder ready", proc)
-        return asyncio.run(_drive_copies(settings.replace(events_topic=source), events, out_topic=target))
+        meter = CpuMeter({"forwarder": [proc.pid], "driver": [None],
+                          **({"broker": [broker_pid]} if broker_pid else {})})
+        return asyncio.run(_drive_copies(settings.replace(events_topic=source), events, out_topic=target,
+                                         meter=meter))
     finally:
         stop_process(proc)
         log.close()
@@ -483,7 +494,8 @@ def run_e2e_bench(*, n_events: int, rate: float | None, users: int | None = None
         encoder.close()
         core = measure_core(settings, events, partitions) if with_ceiling else None
         driver = measure_driver(settings, events, run_id) if with_ceiling else None
-        ceiling = measure_ceiling(settings, events, run_id, data_dir) if with_ceiling else None
+        ceiling = measure_ceiling(settings, events, run_id, data_dir,
+                                  embedded.pid if embedded else None) if with_ceiling else None
         asyncio.run(ensure_topics(settings))
         ports = [settings.web_port] + [free_port() for _ in range(workers - 1)]
         for n, port in enumerate(ports):
@@ -494,12 +506,18 @@ def run_e2e_bench(*, n_events: int, rate: float | None, users: int | None = None
                 "SHOPSTREAM_RECOMMENDATIONS_TOPIC": settings.recommendations_topic,
                 "SHOPSTREAM_DEAD_LETTER_TOPIC": settings.dead_letter_topic}))
         _wait_group_ready(ports, procs)
-        result = asyncio.run(_drive(settings, events, rate, progress))
+        meter = CpuMeter({"workers": [p.pid for p in procs], "driver": [None],
+                          **({"broker": [embedded.pid]} if embedded else {})})
+        result = asyncio.run(_drive(settings, events, rate, progress, meter=meter))
         if ceiling is not None:
             result["driver_events_per_second"] = driver["events_per_second"]
             result["driver_missing"] = driver["missing"]
             result["ceiling_events_per_second"] = ceiling["events_per_second"]
             result["ceiling_missing"] = ceiling["missing"]
+            result["ceiling_cpu"] = ceiling["cpu"]
+            ours, theirs = result["cpu"].get("cpu_us_per_event", {}), ceiling["cpu"].get("cpu_us_per_event", {})
+            if ours.get("total") and theirs.get("total"):
+                result["cpu_over_ceiling"] = round(ours["total"] / theirs["total"], 2)
             if driver["events_per_second"] and ceiling["events_per_second"]:
                 result["driver_over_ceiling"] = round(driver["events_per_second"] / ceiling["events_per_second"], 2)
             if ceiling["events_per_second"] and result["events_per_second"]:
@@ -520,6 +538,11 @@ def run_e2e_bench(*, n_events: int, rate: float | None, users: int | None = None
             stop_process(proc)
         if embedded is not None:
             embedded.stop()
+
+
+def _cpu_line(us: dict, cores: dict) -> str:
+    parts = ", ".join(f"{role} {us[role]:.0f}" for role in us if role != "total")
+    return f"{parts}: {us['total']:.0f} us in all ({cores['total']:.2f} cores over the run)"
 
 
 def render(r: dict) -> None:
@@ -543,6 +566,13 @@ def render(r: dict) -> None:
                    f"same messages and batch size, no broker; {r['core_dead_lettered']} dead-lettered): "
                    f"{r.get('core_fraction_of_ceiling', 0):.1%} of the ceiling; "
                    f"shopstream at {r.get('fraction_of_core', 0):.1%} of it")
+    cpu = r.get("cpu", {}).get("cpu_us_per_event")
+    if cpu:
+        click.echo(f"cpu per event      {_cpu_line(cpu, r['cpu']['cores'])}")
+        theirs = r.get("ceiling_cpu", {}).get("cpu_us_per_event")
+        if theirs:
+            click.echo(f"  the ceiling's    {_cpu_line(theirs, r['ceiling_cpu']['cores'])}: shopstream uses "
+                       f"{r.get('cpu_over_ceiling', 0)}x its CPU per event")
     click.echo(f"latency (ms)       p50 {lat['p50']}  p95 {lat['p95']}  p99 {lat['p99']}  max {lat['max']}")
     st = r.get("latency_after_first_second_ms")
     if st:

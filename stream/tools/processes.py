@@ -1,8 +1,10 @@
 """Child processes that never outlive the shopstream process that started them."""
 from __future__ import annotations
 
+import os
 import signal
 import sys
+from pathlib import Path
 
 
 def die_with_parent() -> None:
@@ -29,3 +31,58 @@ def terminate_on_sigterm() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+
+
+def cpu_seconds(pid: int | None = None) -> float | None:
+    """User plus system CPU seconds a process has used so far, all its threads together: this
+    process when ``pid`` is None, another one from ``/proc/<pid>/stat`` (None where there is no
+    ``/proc`` or the process is gone, and the figure is then left out)."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    try:
+        # the fields after the command name, which is in brackets and may itself hold spaces
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds used by named groups of processes between :meth:`start` and :meth:`stop`.
+
+    ``roles`` maps a name to its pids (None is this process): ``{"workers": [p1, p2],
+    "broker": [p3], "driver": [None]}``. A role whose CPU cannot be read is left out."""
+
+    def __init__(self, roles: dict[str, list[int | None]]) -> None:
+        self.roles = roles
+        self._start: dict[str, float] = {}
+        self._t0 = 0.0
+
+    def _read(self) -> dict[str, float]:
+        out = {}
+        for role, pids in self.roles.items():
+            values = [cpu_seconds(pid) for pid in pids]
+            if values and all(v is not None for v in values):
+                out[role] = sum(values)   # type: ignore[arg-type]
+        return out
+
+    def start(self) -> None:
+        import time
+
+        self._t0 = time.monotonic()
+        self._start = self._read()
+
+    def stop(self, events: int) -> dict:
+        """``{"cpu_us_per_event": {role: us, ..., "total": us}, "cores": {role: cores, ...},
+        "seconds": wall}`` over the window, or {} where nothing could be read."""
+        import time
+
+        wall = time.monotonic() - self._t0
+        now = self._read()
+        used = {role: now[role] - self._start[role] for role in now if role in self._start}
+        if not used or events <= 0 or wall <= 0:
+            return {}
+        used["total"] = sum(used.values())
+        return {"cpu_us_per_event": {r: round(s / events * 1e6, 1) for r, s in used.items()},
+                "cores": {r: round(s / wall, 2) for r, s in used.items()}, "seconds": round(wall, 3)}

@@ -2,13 +2,18 @@
 checked once at the end, the forwarder's copies too; payloads serialised ahead are valid events."""
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 import uuid
 
 import orjson
+import pytest
 
 from stream.core.schema import EventValidator
 from stream.settings import Settings
 from stream.tools.bench_e2e import _prepared, measure_ceiling, measure_driver
+from stream.tools.processes import CpuMeter, cpu_seconds
 
 
 def _events(n: int, bad_every: int = 50) -> list[tuple[bytes, dict | bytes]]:
@@ -59,6 +64,42 @@ def test_the_forwarder_ceiling_copies_every_message(broker, tmp_path):
     r = measure_ceiling(settings, events, uuid.uuid4().hex[:8], tmp_path)
     assert r["events_per_second"] and r["events_per_second"] > 0
     assert (r["reflected"], r["missing"]) == (1000, 0)
+    if sys.platform.startswith("linux"):     # the CPU it took, the forwarder's and the driver's
+        us = r["cpu"]["cpu_us_per_event"]
+        assert us["forwarder"] > 0 and us["driver"] > 0
+        assert us["total"] == pytest.approx(us["forwarder"] + us["driver"], abs=0.2)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="CPU of other processes is read from /proc")
+def test_the_cpu_meter_counts_what_each_process_used_in_its_window():
+    """A child that spins for 0.4 s of CPU inside the window and one that sleeps: the meter tells
+    them apart, and this process's own share is counted as the driver's."""
+    busy = subprocess.Popen([sys.executable, "-c", "import sys,time\nsys.stdin.readline()\n"
+                             "t=time.process_time()\nwhile time.process_time()-t<0.4: pass\n"
+                             "sys.stdin.readline()"], stdin=subprocess.PIPE, text=True)
+    idle = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.readline()"],
+                            stdin=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.5)                      # both started: interpreter start-up is outside the window
+        meter = CpuMeter({"busy": [busy.pid], "idle": [idle.pid], "driver": [None]})
+        meter.start()
+        busy.stdin.write("go\n"); busy.stdin.flush()
+        t = time.process_time()
+        while time.process_time() - t < 0.1:
+            pass
+        time.sleep(0.8)
+        got = meter.stop(1000)
+    finally:
+        for p in (busy, idle):
+            p.stdin.close()
+            p.wait(timeout=10)
+    cores, us = got["cores"], got["cpu_us_per_event"]
+    assert 0.35 <= us["busy"] / 1000 <= 0.6          # its 0.4 s, in microseconds per each of 1,000 events
+    assert us["idle"] < 30
+    assert 0.08 <= us["driver"] / 1000 <= 0.3
+    assert us["total"] == pytest.approx(us["busy"] + us["idle"] + us["driver"], abs=0.2)
+    assert 0 < cores["busy"] <= 1.0 and got["seconds"] >= 0.9
+    assert cpu_seconds(2 ** 22 + 12345) is None       # no such process: left out, not an error
 
 
 def test_the_core_alone_runs_the_workers_pipeline_on_the_same_messages(settings_factory, catalog_products):
