@@ -20,11 +20,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 @click.option("--log-format", envvar="SHOPSTREAM_LOG_FORMAT", default="text", show_default=True,
               type=click.Choice(["text", "json"], case_sensitive=False), help="json: one object per line.")
-def cli(log_level: str, log_format: str) -> None:
+@click.pass_context
+def cli(ctx: click.Context, log_level: str, log_format: str) -> None:
     """shopstream: live shopper events in, personalised recommendations out."""
     from stream.ops.logs import configure_logging
 
-    configure_logging(log_level, log_format)
+    # a worker's log keeps the Kafka client's group and partition lines; one-off commands do not
+    configure_logging(log_level, log_format, quiet_client=ctx.invoked_subcommand != "worker")
 
 
 def _register() -> None:

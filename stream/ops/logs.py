@@ -44,13 +44,22 @@ def check_format(fmt: str) -> str:
     return fmt
 
 
-def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
-    """Configure the root logger for a command (called by the CLI only)."""
+#: The Kafka client's loggers: their INFO lines (topics subscribed, metadata changed, group joined)
+#: tell an operator of a worker how its group moves, and tell the user of a one-off command nothing.
+CLIENT_LOGGERS = ("aiokafka",)
+
+
+def configure_logging(level: str = "INFO", fmt: str = "text", *, quiet_client: bool = False) -> None:
+    """Configure the root logger for a command (called by the CLI only). ``quiet_client``: the
+    Kafka client logs its warnings and errors only, unless ``level`` asks for debugging."""
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if check_format(fmt) == "json" else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    for name in CLIENT_LOGGERS:
+        quiet = quiet_client and logging.getLevelName(level.upper()) == logging.INFO
+        logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.NOTSET)
 
 
 def worker_logging_config(level: str, fmt: str) -> dict | None:
