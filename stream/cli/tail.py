@@ -14,15 +14,22 @@ async def tail_topic(settings, topic: str, *, from_beginning: bool, limit: int |
                      raw: bool) -> int:
     from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.bootstrap_servers, fetch_max_wait_ms=settings.fetch_max_wait_ms, group_id=None,
-                                auto_offset_reset="earliest" if from_beginning else "latest",
-                                enable_auto_commit=False, **settings.kafka_client_options())
+    from stream.errors import ConfigError
     from stream.ops.topics import start_client
 
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, fetch_max_wait_ms=settings.fetch_max_wait_ms, group_id=None,
+                                auto_offset_reset="earliest" if from_beginning else "latest",
+                                enable_auto_commit=False, **settings.kafka_client_options())
     await start_client(consumer, settings)
     count = 0
     last = time.monotonic()
     try:
+        # all-topic metadata first: subscribing to a name the cluster lacks would make brokers that
+        # auto-create topics (tansu; Kafka with auto.create.topics.enable) create it, mistyped or not
+        if topic not in await consumer.topics():
+            raise ConfigError(f"topic {topic!r} does not exist on {settings.broker} "
+                              f"(`shopstream topics` creates shopstream's own topics)")
+        consumer.subscribe([topic])
         while limit is None or count < limit:
             batch = await consumer.getmany(timeout_ms=200)
             if not batch:

@@ -1,6 +1,7 @@
 """The command line: one-line errors, produce/tail round trip, and the demo's clean shutdown."""
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -95,6 +96,24 @@ def test_produce_then_tail(settings_factory, catalog_products):
     r = shopstream("--log-level", "DEBUG", "tail", settings.events_topic, "--from-beginning", "-n", "1",
                    "--idle", "20", env=env)
     assert r.returncode == 0 and b"aiokafka" in r.stderr
+    # a mistyped topic is an error in one line, and tailing it does not create it
+    missing = f"{settings.events_topic}-typo"
+    r = shopstream("tail", missing, "--idle", "1", env=env)
+    err = r.stderr.decode()
+    assert r.returncode == 2 and "Traceback" not in err, err
+    assert f"topic '{missing}' does not exist" in err
+    assert missing not in asyncio.run(_topic_names(settings))
+
+
+async def _topic_names(settings) -> list[str]:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    await admin.start()
+    try:
+        return await admin.list_topics()
+    finally:
+        await admin.close()
 
 
 def _descendants(pid: int) -> set[int]:
