@@ -26,7 +26,7 @@ def load(dataset: str, shared: Path):
         return load_online_retail(shared / "online-retail" / "online_retail.csv.gz")
     if dataset == "beauty":
         return load_amazon_beauty(shared / "amazon-beauty")
-    raise SystemExit(f"unknown dataset {dataset!r}: online-retail or beauty")
+    raise ValueError(f"unknown dataset {dataset!r}: online-retail or beauty")
 
 
 def run(dataset: str, epsilons: list[float | None], *, epochs: int, max_minutes: float, shared: Path, cache: Path,
@@ -63,20 +63,55 @@ def run(dataset: str, epsilons: list[float | None], *, epochs: int, max_minutes:
     return rows
 
 
+def _epsilons(text: str) -> list[float | None]:
+    """``inf`` (no DP), ``clip`` (the DP machinery without noise) or a positive number, comma-separated."""
+    out: list[float | None] = []
+    for x in text.split(","):
+        x = x.strip()
+        if x in ("inf", "clip"):
+            out.append(None if x == "inf" else math.inf)
+            continue
+        try:
+            value = float(x)
+        except ValueError:
+            value = -1.0
+        if not value > 0 or math.isinf(value):
+            raise argparse.ArgumentTypeError(f"{x!r} is not inf, clip or a positive epsilon")
+        out.append(value)
+    return out
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value < (0 if kind is float else 1):
+            raise argparse.ArgumentTypeError(f"{text!r} is out of range")
+        return value
+    return parse
+
+
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--dataset", default="online-retail")
-    p.add_argument("--epsilons", default="inf,8,3,1")
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--max-minutes", type=float, default=0.0)
-    p.add_argument("--threads", type=int, default=1)
+    from engines.errors import EngineError
+
+    p = argparse.ArgumentParser(prog="python -m learn.dp_cost", description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", default="online-retail", choices=["online-retail", "beauty"])
+    p.add_argument("--epsilons", type=_epsilons, default="inf,8,3,1",
+                   help="comma-separated: inf (no DP), clip (no noise) or a positive epsilon")
+    p.add_argument("--epochs", type=_positive(int), default=4)
+    p.add_argument("--max-minutes", type=_positive(float), default=0.0)
+    p.add_argument("--threads", type=_positive(int), default=1)
     p.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     p.add_argument("--cache", type=Path, default=Path("var/cache/text-vectors"))
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    eps = [None if x == "inf" else (math.inf if x == "clip" else float(x)) for x in a.epsilons.split(",")]
-    rows = run(a.dataset, eps, epochs=a.epochs, max_minutes=a.max_minutes,
-               shared=a.shared, cache=a.cache, threads=a.threads)
+    try:
+        rows = run(a.dataset, a.epsilons, epochs=a.epochs, max_minutes=a.max_minutes,
+                   shared=a.shared, cache=a.cache, threads=a.threads)
+    except (EngineError, OSError) as exc:        # missing data or extra: one line, no traceback
+        p.exit(2, f"{p.prog}: error: {exc}\n")
     print(f"# {platform.processor() or platform.machine()}, {a.threads} thread(s)")
     print("| target epsilon | epsilon spent | NDCG@10 | Recall@10 | epochs | seconds |")
     print("|---|---|---|---|---|---|")

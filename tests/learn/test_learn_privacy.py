@@ -68,3 +68,19 @@ def test_without_opacus_the_error_names_the_privacy_extra(monkeypatch):
     cfg = TrainConfig(d_model=16, layers=1, heads=2, ffn=32, item_hidden=32, max_len=8, epochs=1, dp_epsilon=1.0)
     with pytest.raises(MissingExtraError, match=r"shopstream\[privacy\]"):
         train(data, vecs, leave_one_out(data), cfg, progress=False)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--epsilons", "8,x"], "'x' is not inf, clip or a positive epsilon"),
+    (["--epsilons", "-1"], "'-1' is not inf, clip or a positive epsilon"),
+    (["--epochs", "0"], "argument --epochs: '0' is out of range"),
+    (["--dataset", "movies"], "invalid choice: 'movies'"),
+    (["--shared", "/nonexistent", "--epochs", "1"], "/nonexistent/online-retail/online_retail.csv.gz: no such file"),
+])
+def test_the_dp_cost_benchmark_refuses_bad_arguments_in_one_line(args, needle):
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-m", "learn.dp_cost", *args], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("python -m learn.dp_cost: error:")]
+    assert len(errors) == 1 and needle in errors[0], r.stderr
