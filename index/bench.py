@@ -354,24 +354,43 @@ def render(r: dict) -> str:
     return "\n".join(rows)
 
 
+def _at_least(low: float, kind=int):
+    """An argparse type: a number of ``kind`` no smaller than ``low`` (the bounds of ``shopstream bench index``)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value >= low:
+            raise argparse.ArgumentTypeError(f"{text!r} is below {low}")
+        return value
+    return parse
+
+
 def main(argv: list[str] | None = None) -> None:
+    from index.errors import IndexError_
+    from index.kinds import KINDS
+
     ap = argparse.ArgumentParser(prog="python -m index.bench", description=__doc__.splitlines()[0])
-    ap.add_argument("--items", type=int, nargs="+", default=[100_000])
-    ap.add_argument("--dim", type=int, default=384)
-    ap.add_argument("--kind", default="auto")
+    ap.add_argument("--items", type=_at_least(1000), nargs="+", default=[100_000])
+    ap.add_argument("--dim", type=_at_least(8), default=384)
+    ap.add_argument("--kind", default="auto", choices=["auto", *KINDS])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--queries", type=int, default=5000)
+    ap.add_argument("--queries", type=_at_least(100), default=5000)
     ap.add_argument("--no-compact", action="store_true")
-    ap.add_argument("--ef-search", type=int, default=None)
-    ap.add_argument("--spread", type=float, default=SPREAD)
+    ap.add_argument("--ef-search", type=_at_least(1), default=None)
+    ap.add_argument("--spread", type=_at_least(0.05, float), default=SPREAD)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--out", default=None, help="also append each result as a JSON line to this file")
     a = ap.parse_args(argv)
     logging.basicConfig(level="WARNING")
     params = IndexParams(hnsw_ef_search=a.ef_search) if a.ef_search else None
     for n in a.items:
-        r = run_index_bench(items=n, dim=a.dim, kind=a.kind, device=a.device, queries=a.queries,
-                            params=params, spread=a.spread, compact=not a.no_compact)
+        try:
+            r = run_index_bench(items=n, dim=a.dim, kind=a.kind, device=a.device, queries=a.queries,
+                                params=params, spread=a.spread, compact=not a.no_compact)
+        except IndexError_ as exc:              # e.g. --device cuda without a usable GPU
+            ap.exit(2, f"{ap.prog}: error: {exc}\n")
         line = json.dumps(r)
         if a.out:
             with open(a.out, "a") as fh:

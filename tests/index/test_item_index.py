@@ -155,3 +155,19 @@ def test_torch_cuda_exact_search_matches_faiss_flat():
     assert np.mean([len(set(x) & set(y)) / 10 for x, y in zip(a, b)]) >= 0.98
     gpu.remove(["p0"])
     assert "p0" not in ids(gpu.search(vecs[:1], 10))[0]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--items", "0"], "argument --items: '0' is below 1000"),
+    (["--queries", "-5"], "argument --queries: '-5' is below 100"),
+    (["--kind", "annoy"], "invalid choice: 'annoy'"),
+    (["--spread", "x"], "argument --spread: 'x' is not a number"),
+])
+def test_the_index_benchmark_refuses_bad_arguments_in_one_line(args, needle):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "index.bench", *args], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("python -m index.bench: error:")]
+    assert len(errors) == 1 and needle in errors[0], r.stderr
