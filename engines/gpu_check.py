@@ -111,8 +111,11 @@ def run(folder: Path, out: Path, min_time_s: float) -> dict:
         flops_per_sequence,
         machine,
     )
+    from engines.errors import BackendUnavailableError
     from engines.parity import catalogue_texts, compare_embeddings
 
+    if not torch.cuda.is_available():
+        raise BackendUnavailableError("no usable CUDA GPU: the GPU check runs on an NVIDIA GPU with a CUDA build of torch")
     model_dir = folder / "model"
     texts = catalogue_texts(512, folder / "texts.txt")
     result: dict = {"machine": machine(), "capability": ".".join(map(str, torch.cuda.get_device_capability())),
@@ -171,10 +174,15 @@ def main() -> None:
     r.add_argument("--min-time", type=float, default=0.5)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.cmd == "prepare":
-        prepare(args.folder)
-        return
-    result = run(args.folder, args.out, args.min_time)
+    from engines.errors import EngineError
+
+    try:
+        if args.cmd == "prepare":
+            prepare(args.folder)
+            return
+        result = run(args.folder, args.out, args.min_time)
+    except (EngineError, OSError) as exc:      # no GPU, no prepared folder: one line, no traceback
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
     print(json.dumps({k: result[k] for k in ("machine", "capability", "ceilings", "load_s", "model_version")}))
     for key, rep in result["parity"].items():
         print(key, {k: rep[k] for k in ("max_abs_diff", "min_cosine", "top10_overlap", "passed")},

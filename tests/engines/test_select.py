@@ -94,3 +94,20 @@ def test_engine_choose_names_the_engine_the_worker_loads(ort_fp32_artifact, tmp_
     monkeypatch.setenv("SHOPSTREAM_ENCODER_ARTIFACT", str(ort_fp32_artifact))
     main(["engine", "choose"])
     assert capsys.readouterr().out.startswith("text encoder backend onnxruntime")
+
+
+def test_the_gpu_check_says_what_is_missing_in_one_line(tmp_path):
+    """No prepared folder, or (on a machine without a GPU) no GPU: an error line, exit status 2."""
+    import subprocess
+
+    import torch
+
+    cmd = [sys.executable, "-m", "engines.gpu_check", "run", "--folder", str(tmp_path / "none")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("python -m engines.gpu_check: error:")]
+    assert len(lines) == 1, r.stderr
+    if not torch.cuda.is_available():
+        assert "no usable CUDA GPU" in lines[0]
+    else:
+        assert "texts.txt" in lines[0]
