@@ -154,6 +154,7 @@ def register(cli: click.Group) -> None:
 
     @bench.command("encoder")
     @click.option("--backend", "backends", multiple=True,
+                  type=click.Choice(["torch", "onnxruntime", "torch-cuda", "tensorrt"]),
                   help="Only these backends (repeatable; default: every one this machine runs).")
     @click.option("--batch", "batches", multiple=True, type=click.IntRange(min=1),
                   help="Batch sizes (default 1, 8, 64, 256).")

@@ -35,6 +35,7 @@ def shopstream(*args, env=None, input=None, timeout=120):
     (["tail", "events"], {"SHOPSTREAM_MODEL_THREADS": "-1"}, "model_threads"),
     (["tail", "events"], {"SHOPSTREAM_BUFFER_EVENTS": "100"}, "buffer_events"),
     (["bench", "e2e", "--workers", "0"], {}, "--workers"),
+    (["bench", "encoder", "--backend", "onnx"], {}, "'onnx' is not one of"),
     (["produce", "-", "--partitioner", "fnv1a"], {}, "--partitioner"),
     (["tail", "events"], {"SHOPSTREAM_PARTITIONER": "fnv1a"}, "murmur2, crc32"),
     (["index", "build", "--catalog", "/nonexistent/catalog.jsonl"], {}, "catalogue file not found"),
