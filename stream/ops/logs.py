@@ -47,6 +47,9 @@ def check_format(fmt: str) -> str:
 #: The Kafka client's loggers: their INFO lines (topics subscribed, metadata changed, group joined)
 #: tell an operator of a worker how its group moves, and tell the user of a one-off command nothing.
 CLIENT_LOGGERS = ("aiokafka",)
+#: Libraries whose INFO lines say nothing to anyone but their developers: FAISS's loader reports
+#: each CPU-specific build it did not find (with a ModuleNotFoundError in the text) before the one it loads.
+QUIET_LOGGERS = ("faiss.loader",)
 
 
 def configure_logging(level: str = "INFO", fmt: str = "text", *, quiet_client: bool = False) -> None:
@@ -57,9 +60,11 @@ def configure_logging(level: str = "INFO", fmt: str = "text", *, quiet_client: b
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    info = logging.getLevelName(level.upper()) == logging.INFO
     for name in CLIENT_LOGGERS:
-        quiet = quiet_client and logging.getLevelName(level.upper()) == logging.INFO
-        logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.NOTSET)
+        logging.getLogger(name).setLevel(logging.WARNING if quiet_client and info else logging.NOTSET)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING if info else logging.NOTSET)
 
 
 def worker_logging_config(level: str, fmt: str) -> dict | None:

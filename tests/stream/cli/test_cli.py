@@ -151,6 +151,9 @@ def test_demo_prints_recommendations_and_ctrl_c_leaves_nothing_behind(index_snap
                 break
         assert sum("→" in ln for ln in lines) >= 3, "".join(lines[-30:])
         assert procs, "the demo starts broker and worker as child processes"
+        # what a new user reads: no library chatter (FAISS's loader, the Kafka client's INFO lines)
+        chatter = [ln for ln in lines if "faiss.loader" in ln or " INFO aiokafka" in ln]
+        assert not chatter, "".join(chatter)
         os.killpg(proc.pid, signal.SIGINT)      # what Ctrl-C in a terminal does
         proc.wait(60)
     finally:
