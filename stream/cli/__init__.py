@@ -57,3 +57,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
+    except OSError as exc:                # a folder that cannot be written, a file that vanished
+        import logging
+
+        if logging.getLogger().isEnabledFor(logging.DEBUG):
+            raise
+        click.echo(f"shopstream: error: {exc} (--log-level DEBUG shows where)", err=True)
+        sys.exit(2)

@@ -36,6 +36,8 @@ def shopstream(*args, env=None, input=None, timeout=120):
     (["tail", "events"], {"SHOPSTREAM_BUFFER_EVENTS": "100"}, "buffer_events"),
     (["bench", "e2e", "--workers", "0"], {}, "--workers"),
     (["bench", "encoder", "--backend", "onnx"], {}, "'onnx' is not one of"),
+    (["dataset", "convert", "--dataset", "online-retail-sample", "--out", "/proc/shopstream-out"], {},
+     "No such file or directory: '/proc/shopstream-out'"),
     (["produce", "-", "--partitioner", "fnv1a"], {}, "--partitioner"),
     (["tail", "events"], {"SHOPSTREAM_PARTITIONER": "fnv1a"}, "murmur2, crc32"),
     (["index", "build", "--catalog", "/nonexistent/catalog.jsonl"], {}, "catalogue file not found"),
