@@ -74,20 +74,21 @@ def _epsilons(text: str) -> list[float | None]:
         try:
             value = float(x)
         except ValueError:
-            value = -1.0
-        if not value > 0 or math.isinf(value):
+            value = math.nan
+        if not 0 < value < math.inf:           # nan too
             raise argparse.ArgumentTypeError(f"{x!r} is not inf, clip or a positive epsilon")
         out.append(value)
     return out
 
 
-def _positive(kind):
+def _at_least(low: float, kind=int):
+    """An argparse type: a number of ``kind`` no smaller than ``low``."""
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if value < (0 if kind is float else 1):
+        if not value >= low:
             raise argparse.ArgumentTypeError(f"{text!r} is out of range")
         return value
     return parse
@@ -100,9 +101,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dataset", default="online-retail", choices=["online-retail", "beauty"])
     p.add_argument("--epsilons", type=_epsilons, default="inf,8,3,1",
                    help="comma-separated: inf (no DP), clip (no noise) or a positive epsilon")
-    p.add_argument("--epochs", type=_positive(int), default=4)
-    p.add_argument("--max-minutes", type=_positive(float), default=0.0)
-    p.add_argument("--threads", type=_positive(int), default=1)
+    p.add_argument("--epochs", type=_at_least(1), default=4)
+    p.add_argument("--max-minutes", type=_at_least(0.0, float), default=0.0)
+    p.add_argument("--threads", type=_at_least(1), default=1)
     p.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     p.add_argument("--cache", type=Path, default=Path("var/cache/text-vectors"))
     a = p.parse_args(argv)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 
@@ -68,16 +69,12 @@ class CpuMeter:
         return out
 
     def start(self) -> None:
-        import time
-
         self._t0 = time.monotonic()
         self._start = self._read()
 
     def stop(self, events: int) -> dict:
         """``{"cpu_us_per_event": {role: us, ..., "total": us}, "cores": {role: cores, ...},
         "seconds": wall}`` over the window, or {} where nothing could be read."""
-        import time
-
         wall = time.monotonic() - self._t0
         now = self._read()
         used = {role: now[role] - self._start[role] for role in now if role in self._start}
